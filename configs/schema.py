@@ -1,0 +1,174 @@
+"""The one config schema, validated once at the door.
+
+Every section forbids unknown keys so a typo never silently falls back to a default.
+Inner code receives these typed objects, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    pretrained: str = Field(
+        "toyworld/assets/pipeline",
+        description="A local diffusers text-to-image directory or a Hugging Face hub id.",
+    )
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class SamplingConfig(Section):
+    num_steps: int = Field(20, ge=1, le=1000)
+    eta: float = Field(1.0, gt=0.0, le=1.0)
+    guidance_scale: float = Field(5.0, ge=1.0)
+    branches: int = Field(5, ge=1, description="K: branches per trunk after the split point.")
+    trunks_per_stage: int = Field(256, ge=1, description="Trunks (prompt samples) per stage.")
+    micro_batch: int = Field(32, ge=1, description="Most latents in one UNet call.")
+
+
+class ScheduleConfig(Section):
+    """How many final denoising steps (the interval, s_i) stage i trains.
+
+    `linear` is the reference schedule s_i = start + floor((end - start + 1) * i / stages).
+    """
+
+    kind: Literal["linear", "list", "constant"] = "linear"
+    start: int = Field(14, ge=1)
+    end: int = Field(20, ge=1)
+    stages: int | None = Field(None, ge=1, description="Stages the ramp spans; default: all.")
+    values: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ScheduleConfig:
+        if self.kind == "list" and not self.values:
+            raise ValueError("schedule.values must list one interval per stage when kind=list")
+        if self.kind == "linear" and self.start > self.end:
+            raise ValueError(f"schedule.start={self.start} is above schedule.end={self.end}")
+        if self.values and min(self.values) < 1:
+            raise ValueError(f"schedule.values={self.values} must all be >= 1")
+        return self
+
+
+class AdvantageConfig(Section):
+    """prompt_history: B² (this stage + last `history` stages per prompt);
+    stat_tracker: DDPO's per-prompt ring buffer; group: GRPO-style, within each trunk."""
+
+    mode: Literal["prompt_history", "stat_tracker", "group"] = "prompt_history"
+    history: int = Field(8, ge=0)
+    buffer_size: int = Field(32, ge=1)
+    min_count: int = Field(16, ge=1)
+
+
+class SelectionConfig(Section):
+    mode: Literal["extremes", "all"] = "extremes"
+    tau_pos: float = 0.5
+    tau_neg: float = -0.5
+
+    @model_validator(mode="after")
+    def _check(self) -> SelectionConfig:
+        if self.tau_neg > self.tau_pos:
+            raise ValueError(f"selection.tau_neg={self.tau_neg} is above tau_pos={self.tau_pos}")
+        return self
+
+
+class LossConfig(Section):
+    name: Literal["ppo_clip", "pairwise"] = "ppo_clip"
+    clip_range: float = Field(0.1, gt=0.0)
+    adv_clip: float = Field(5.0, gt=0.0)
+    beta_pos: float = Field(1.0, ge=0.0)
+    beta_neg: float = Field(1.0, ge=0.0)
+    pairwise_beta: float = Field(
+        100.0, gt=0.0, description="Scale of the log-ratio margin in the pairwise loss."
+    )
+
+
+class LoraConfig(Section):
+    rank: int = Field(4, ge=1)
+    alpha: float | None = Field(None, gt=0.0, description="Default: equal to rank.")
+    targets: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+class TrainConfig(Section):
+    lr: float = Field(1e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    epochs: int = Field(2, ge=1)
+    batch_size: int = Field(8, ge=1, description="Trajectories per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    shuffle_timesteps: bool = True
+    lora: LoraConfig = LoraConfig()
+
+
+class PromptsConfig(Section):
+    train: str = "toyworld/prompts/all_train.txt"
+    test: str = "toyworld/prompts/all_test.txt"
+
+
+class RewardTerm(Section):
+    name: Literal["clip_score", "bert_score", "oracle", "oracle_partial"]
+    weight: float = 1.0
+    model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
+    checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")
+
+
+class RuntimeConfig(Section):
+    rollout_actors: int = Field(2, ge=1)
+    reward_actors: int = Field(1, ge=1)
+    rollout_gpus: float = Field(0.0, ge=0.0)
+    reward_gpus: float = Field(0.0, ge=0.0)
+    learner_gpus: float = Field(0.0, ge=0.0)
+    cpus_per_actor: float = Field(1.0, gt=0.0)
+    torch_threads: int = Field(0, ge=0, description="0: as many as the actor's CPUs.")
+    max_restarts: int = Field(3, ge=0)
+
+
+class LoggingConfig(Section):
+    experiment: str = "b2-diffurl"
+    mlflow: bool = True
+    grid_every: int = Field(5, ge=0, description="Log a sample grid every N stages (0: never).")
+
+
+class Config(Section):
+    algorithm: Literal["b2", "ddpo"] = "b2"
+    seed: int = 0
+    stages: int = Field(100, ge=1)
+    output_dir: str = "runs"
+    run_name: str | None = None
+    model: ModelConfig = ModelConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+    selection: SelectionConfig = SelectionConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    rewards: list[RewardTerm] = [RewardTerm(name="clip_score")]
+    runtime: RuntimeConfig = RuntimeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        steps = self.sampling.num_steps
+        sch = self.schedule
+        if sch.kind == "list":
+            bad = [v for v in sch.values or [] if v > steps]
+            if bad:
+                raise ValueError(f"schedule.values={bad} exceed sampling.num_steps={steps}")
+        elif sch.end > steps:
+            raise ValueError(f"schedule.end={sch.end} exceeds sampling.num_steps={steps}")
+        elif sch.kind == "constant" and sch.start > steps:
+            raise ValueError(f"schedule.start={sch.start} exceeds sampling.num_steps={steps}")
+        if self.loss.name == "pairwise" and self.sampling.branches < 2:
+            raise ValueError("loss.name=pairwise needs sampling.branches >= 2")
+        if not self.rewards:
+            raise ValueError("rewards must name at least one scorer")
+        return self

@@ -1,0 +1,87 @@
+"""One DDIM step as a Gaussian policy: the next latent and its log-probability.
+
+Follows diffusers' `DDIMScheduler.step` formula term by term, but takes a batch of
+timesteps (training mixes timesteps in one batch) and can score a given next latent
+instead of drawing one. The log-probability is the MEAN over latent dimensions: a sum
+over thousands of dimensions makes the PPO ratio overflow.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers import DDIMScheduler
+
+
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def ddim_step_with_logprob(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    timestep: torch.Tensor | int,
+    sample: torch.Tensor,
+    eta: float = 1.0,
+    noise: torch.Tensor | None = None,
+    prev_sample: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t -> (x_{t-1}, log pi(x_{t-1} | x_t)) for a batch.
+
+    timestep: a scalar or one timestep per sample. Exactly one of `noise` (draw the next
+    latent as mean + std * noise) or `prev_sample` (score this next latent) is given.
+    """
+    if (noise is None) == (prev_sample is None):
+        raise ValueError("give exactly one of noise or prev_sample")
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(num_steps) first")
+    cfg = scheduler.config
+    device = sample.device
+    t = torch.as_tensor(timestep, device="cpu").long().reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(sample.shape[0])
+    prev_t = t - cfg.num_train_timesteps // scheduler.num_inference_steps
+
+    alphas = scheduler.alphas_cumprod.to("cpu", torch.float64)
+    final = torch.as_tensor(float(scheduler.final_alpha_cumprod), dtype=torch.float64)
+    alpha_t = alphas[t]
+    alpha_prev = torch.where(prev_t >= 0, alphas[prev_t.clamp(min=0)], final)
+    beta_t = 1 - alpha_t
+    variance = (1 - alpha_prev) / (1 - alpha_t) * (1 - alpha_t / alpha_prev)
+    std = eta * variance.sqrt()
+
+    a_t = _per_sample(alpha_t, sample).to(device)
+    b_t = _per_sample(beta_t, sample).to(device)
+    a_prev = _per_sample(alpha_prev, sample).to(device)
+    std_ = _per_sample(std, sample).to(device)
+
+    if cfg.prediction_type == "epsilon":
+        pred_x0 = (sample - b_t.sqrt() * model_output) / a_t.sqrt()
+        pred_eps = model_output
+    elif cfg.prediction_type == "v_prediction":
+        pred_x0 = a_t.sqrt() * sample - b_t.sqrt() * model_output
+        pred_eps = a_t.sqrt() * model_output + b_t.sqrt() * sample
+    elif cfg.prediction_type == "sample":
+        pred_x0 = model_output
+        pred_eps = (sample - a_t.sqrt() * pred_x0) / b_t.sqrt()
+    else:
+        raise ValueError(f"unsupported prediction_type {cfg.prediction_type!r}")
+    if cfg.thresholding:
+        raise ValueError("DDIM dynamic thresholding is not supported by the log-prob step")
+    if cfg.clip_sample:
+        pred_x0 = pred_x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
+
+    direction = (1 - a_prev - std_**2).clamp(min=0).sqrt() * pred_eps
+    mean = a_prev.sqrt() * pred_x0 + direction
+    if prev_sample is None:
+        prev_sample = mean + std_ * noise.to(mean.dtype)
+
+    # a zero std (eta = 0, or the last step with set_alpha_to_one) has no density
+    std_ = std_.clamp(min=1e-12)
+    log_prob = (
+        -((prev_sample.detach() - mean) ** 2) / (2 * std_**2)
+        - torch.log(std_)
+        - math.log(math.sqrt(2 * math.pi))
+    )
+    return prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.ndim)))

@@ -1,0 +1,96 @@
+"""LoRA on the UNet's attention projections (peft), its transport and its export.
+
+Transport is a flat {name: tensor} dict of the LoRA parameters only (what the learner
+`ray.put`s); export is diffusers' own format (`pytorch_lora_weights.safetensors`), which
+a stock `StableDiffusionPipeline.load_lora_weights` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import LoraConfig as PeftLoraConfig
+from peft.utils import get_peft_model_state_dict
+
+from configs.schema import LoraConfig
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoraShapeError(ValueError):
+    """LoRA weights that do not fit the model; str() names the tensor."""
+
+
+def attach_lora(unet: torch.nn.Module, cfg: LoraConfig, seed: int = 0) -> None:
+    """Freeze the UNet and add a trainable LoRA adapter.
+
+    B starts at zero, so the adapted UNet equals the base model until the first update;
+    the seed fixes A so that every process builds the same adapter.
+    """
+    unet.requires_grad_(False)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet.add_adapter(
+            PeftLoraConfig(
+                r=cfg.rank,
+                lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+                init_lora_weights="gaussian",
+                target_modules=list(cfg.targets),
+            )
+        )
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def lora_parameters(unet: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for n, p in unet.named_parameters() if "lora_" in n]
+
+
+def lora_state(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The LoRA parameters as a flat CPU tensor dict (for transport and checkpoints)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in unet.named_parameters() if "lora_" in n}
+
+
+@torch.no_grad()
+def load_lora_state(
+    unet: torch.nn.Module, state: dict[str, torch.Tensor], source: str = ""
+) -> None:
+    """Copy a flat LoRA dict into the UNet's adapter; refuses missing, extra or misshapen keys."""
+    where = f"{source}: " if source else ""
+    params = {n: p for n, p in unet.named_parameters() if "lora_" in n}
+    missing = sorted(set(params) - set(state))
+    extra = sorted(set(state) - set(params))
+    if missing or extra:
+        name = (missing or extra)[0]
+        what = "missing" if missing else "not in the model"
+        raise LoraShapeError(
+            f"{where}LoRA tensor {name} is {what} ({len(missing)} missing, {len(extra)} extra)"
+        )
+    for name, p in params.items():
+        t = state[name]
+        if tuple(t.shape) != tuple(p.shape):
+            raise LoraShapeError(
+                f"{where}LoRA tensor {name} has shape {tuple(t.shape)}, "
+                f"the model needs {tuple(p.shape)}"
+            )
+        p.copy_(t.to(p.device, p.dtype))
+
+
+def export_lora(unet: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Write `pytorch_lora_weights.safetensors` in diffusers' format into out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(
+        save_directory=str(out_dir),
+        unet_lora_layers=layers,
+        safe_serialization=True,
+        weight_name=LORA_WEIGHTS_NAME,
+        # rank and alpha travel in the file's metadata, so a scale alpha/rank != 1 survives
+        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+    )
+    return out_dir / LORA_WEIGHTS_NAME

@@ -1,0 +1,157 @@
+"""Load any diffusers text-to-image pipeline (local directory or hub id) for RL.
+
+Only the parts RL needs are kept (UNet, text encoder, tokenizer, VAE) and the scheduler is
+always DDIM, built from the pipeline's own scheduler config. The toy world and Stable
+Diffusion go through exactly this code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+
+from configs.load import resolve_path
+from configs.schema import ModelConfig
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class PipelineLoadError(RuntimeError):
+    """The model could not be loaded; str() is a one-line message for the user."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineLoadError("model.device = 'cuda' but no CUDA GPU is visible here")
+    return torch.device(name)
+
+
+def _from_pretrained(source: str, cfg: ModelConfig, local_only: bool) -> DiffusionPipeline:
+    return DiffusionPipeline.from_pretrained(
+        source,
+        revision=cfg.revision,
+        dtype=DTYPES[cfg.dtype],
+        local_files_only=local_only,
+    )
+
+
+def _load(cfg: ModelConfig) -> DiffusionPipeline:
+    path = resolve_path(cfg.pretrained)
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise PipelineLoadError(
+                f"model.pretrained = {cfg.pretrained!r}: {path} is not a diffusers pipeline "
+                "directory (no model_index.json)"
+            )
+        try:
+            return _from_pretrained(str(path), cfg, local_only=True)
+        except (OSError, ValueError, TypeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PipelineLoadError(
+                f"model.pretrained = {cfg.pretrained!r}: cannot load pipeline from {path}: {first}"
+            ) from None
+    looks_local = cfg.pretrained.startswith((".", "/", "~")) or cfg.pretrained.count("/") != 1
+    if looks_local:
+        raise PipelineLoadError(f"model.pretrained = {cfg.pretrained!r}: no such directory")
+    try:  # already in the local Hugging Face cache?
+        return _from_pretrained(cfg.pretrained, cfg, local_only=True)
+    except (OSError, ValueError):
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    hint = (
+        f"model.pretrained = {cfg.pretrained!r}: the hub model could not be fetched "
+        f"(offline?). On a machine with network run `huggingface-cli download "
+        f"{cfg.pretrained} --local-dir DIR`, copy DIR here and set model.pretrained=DIR"
+    )
+    if offline:
+        raise PipelineLoadError(hint)
+    try:
+        return _from_pretrained(cfg.pretrained, cfg, local_only=False)
+    except (OSError, ValueError):
+        raise PipelineLoadError(hint) from None
+
+
+@dataclass
+class DiffusionModel:
+    """The pieces of a text-to-image pipeline that sampling and training use."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: DDIMScheduler
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, *size)
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        """Text embeddings [N, L, D] (the conditioning of the UNet)."""
+        ids = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+        return self.text_encoder(ids)[0].to(self.dtype)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, micro_batch: int = 32) -> torch.Tensor:
+        """Latents -> uint8 images [N, 3, H, W]."""
+        out = []
+        scale = self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        for chunk in latents.split(micro_batch):
+            img = self.vae.decode(chunk.to(self.vae.dtype) / scale + shift).sample
+            out.append(((img.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8))
+        return torch.cat(out).cpu()
+
+
+def load_model(cfg: ModelConfig, device: torch.device | None = None) -> DiffusionModel:
+    """Load the pipeline named by the config, on `device` (default: model.device)."""
+    device = device or pick_device(cfg.device)
+    pipe = _load(cfg)
+    missing = [
+        n for n in ("unet", "vae", "text_encoder", "tokenizer") if getattr(pipe, n, None) is None
+    ]
+    if missing:
+        raise PipelineLoadError(
+            f"model.pretrained = {cfg.pretrained!r}: not a text-to-image pipeline "
+            f"(missing {', '.join(missing)})"
+        )
+    return from_pipeline(pipe, device, DTYPES[cfg.dtype])
+
+
+def from_pipeline(
+    pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype
+) -> DiffusionModel:
+    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+        module.to(device)
+        module.requires_grad_(False)
+        module.eval()
+    return DiffusionModel(
+        unet=pipe.unet,
+        vae=pipe.vae,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        scheduler=scheduler,
+        device=device,
+        dtype=dtype,
+    )
+
+
+def is_pipeline_dir(path: str | Path) -> bool:
+    return (Path(path) / "model_index.json").is_file()

@@ -1,0 +1,185 @@
+"""Branch-based sampling: one trunk per prompt sample, K branches after the split point.
+
+For B trunks: denoise B latents from x_T to the split point (T - s steps), copy each into
+K branches, and advance all B*K branches together for the last s steps. Every UNet call
+takes up to `micro_batch` latents, whatever trunk or branch they belong to.
+DDPO is the same sampler with K = 1 and s = T.
+
+All noise (x_T, trunk noise, branch noise) comes from generators seeded by
+(run seed, stage, trunk index[, branch]), drawn on the CPU, so a trunk's samples do not
+depend on which worker runs it or with which other trunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from diffusion.ddim import ddim_step_with_logprob
+from diffusion.pipeline import DiffusionModel
+from diffusion.trajectory import TrajectoryBatch
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    num_steps: int
+    split_step: int  # s: the interval is the last s steps
+    branches: int
+    guidance_scale: float
+    eta: float
+    micro_batch: int
+
+
+@dataclass
+class UNetCounter:
+    calls: int = 0  # UNet forward invocations
+    evaluations: int = 0  # latents passed through the UNet (x2 with CFG)
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers; stable across processes and Python versions."""
+    digest = hashlib.sha256(",".join(str(int(p)) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=gen, dtype=torch.float32)
+
+
+def guided_noise(
+    unet: torch.nn.Module,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+) -> torch.Tensor:
+    """Classifier-free guided model output; the same function serves sampling and training."""
+    if guidance_scale == 1.0:
+        return unet(latents, timesteps, encoder_hidden_states=cond).sample
+    out = unet(
+        torch.cat([latents, latents]),
+        torch.cat([timesteps, timesteps]),
+        encoder_hidden_states=torch.cat([uncond, cond]),
+    ).sample
+    out_uncond, out_cond = out.chunk(2)
+    return out_uncond + guidance_scale * (out_cond - out_uncond)
+
+
+@torch.no_grad()
+def _advance(
+    model: DiffusionModel,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    noise: torch.Tensor,
+    settings: SamplerSettings,
+    counter: UNetCounter,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One denoising step for all latents, in micro-batches."""
+    nexts, log_probs = [], []
+    mb = settings.micro_batch
+    for lo in range(0, latents.shape[0], mb):
+        x = latents[lo : lo + mb]
+        ts = t.expand(x.shape[0]).to(model.device)
+        eps = guided_noise(
+            model.unet,
+            x,
+            ts,
+            cond[lo : lo + mb],
+            uncond.expand(x.shape[0], -1, -1),
+            settings.guidance_scale,
+        )
+        counter.calls += 1
+        counter.evaluations += x.shape[0] * (1 if settings.guidance_scale == 1.0 else 2)
+        nxt, lp = ddim_step_with_logprob(
+            model.scheduler, eps, t, x, eta=settings.eta, noise=noise[lo : lo + mb]
+        )
+        nexts.append(nxt)
+        log_probs.append(lp)
+    return torch.cat(nexts), torch.cat(log_probs)
+
+
+@torch.no_grad()
+def sample_branches(
+    model: DiffusionModel,
+    prompts: list[str],
+    trunk_ids: list[int],
+    settings: SamplerSettings,
+    seed: int,
+    stage: int,
+    counter: UNetCounter | None = None,
+) -> TrajectoryBatch:
+    """Sample B trunks x K branches; returns the interval part of every branch."""
+    if len(prompts) != len(trunk_ids):
+        raise ValueError("one trunk id per prompt")
+    counter = counter if counter is not None else UNetCounter()
+    T, s, K = settings.num_steps, settings.split_step, settings.branches
+    if not 1 <= s <= T:
+        raise ValueError(f"split_step {s} must be within 1..{T}")
+    model.scheduler.set_timesteps(T, device="cpu")
+    timesteps = model.scheduler.timesteps.long()
+    shape = model.latent_shape
+    dev, dtype = model.device, model.dtype
+    B = len(prompts)
+
+    x0_noise, trunk_noise, branch_noise = [], [], []
+    for tid in trunk_ids:
+        draw = _randn(derive_seed(seed, stage, tid), (1 + (T - s), *shape))
+        x0_noise.append(draw[0])
+        trunk_noise.append(draw[1:])
+        branch_noise.append(
+            torch.stack(
+                [_randn(derive_seed(seed, stage, tid, k + 1), (s, *shape)) for k in range(K)]
+            )
+        )
+    latents = torch.stack(x0_noise).to(dev, dtype) * model.scheduler.init_noise_sigma
+    trunk_noise_t = torch.stack(trunk_noise).to(dev, dtype)  # [B, T-s, ...]
+    branch_noise_t = torch.cat(branch_noise).to(dev, dtype)  # [B*K, s, ...]
+
+    cond = model.encode_prompts(prompts)
+    uncond = model.encode_prompts([""])
+
+    for j in range(T - s):
+        latents, _ = _advance(
+            model, latents, timesteps[j], cond, uncond, trunk_noise_t[:, j], settings, counter
+        )
+
+    latents = latents.repeat_interleave(K, dim=0)
+    cond_k = cond.repeat_interleave(K, dim=0)
+    chain = [latents]
+    log_probs = []
+    for j in range(s):
+        latents, lp = _advance(
+            model,
+            latents,
+            timesteps[T - s + j],
+            cond_k,
+            uncond,
+            branch_noise_t[:, j],
+            settings,
+            counter,
+        )
+        chain.append(latents)
+        log_probs.append(lp)
+
+    images = model.decode(latents, settings.micro_batch)
+    return TrajectoryBatch(
+        prompts=[p for p in prompts for _ in range(K)],
+        trunk_ids=torch.as_tensor(trunk_ids, dtype=torch.long).repeat_interleave(K),
+        branch_ids=torch.arange(K).repeat(B),
+        timesteps=timesteps[T - s :].clone(),
+        chain=torch.stack(chain, dim=1).cpu(),
+        log_probs=torch.stack(log_probs, dim=1).float().cpu(),
+        images=images,
+    )
+
+
+def expected_evaluations(settings: SamplerSettings, trunks: int) -> int:
+    """UNet evaluations the method costs: per trunk (T - s) + K * s, x2 with CFG."""
+    per_trunk = (settings.num_steps - settings.split_step) + settings.branches * settings.split_step
+    return trunks * per_trunk * (1 if settings.guidance_scale == 1.0 else 2)

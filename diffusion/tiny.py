@@ -1,0 +1,134 @@
+"""Build small Stable-Diffusion-shaped pipelines from configs, with no download.
+
+Used by the test fixtures (random weights) and by the toy world's builder (which then
+trains them). The tokenizer is the real CLIP BPE tokenizer, built from the vocabulary that
+open_clip ships, so token ids match Stable Diffusion's.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tempfile
+from pathlib import Path
+
+import open_clip
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2 / CLIP byte-level BPE alphabet: printable bytes map to themselves, the rest to
+    # code points above 255, so every byte has a visible, non-whitespace symbol.
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    chars = keep[:]
+    extra = 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(keep, map(chr, chars), strict=True))
+
+
+def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """Stable Diffusion's CLIP tokenizer, rebuilt offline from open_clip's BPE file."""
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    with gzip.open(bpe, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    merges = lines[1 : 49152 - 256 - 2 + 1]
+    alphabet = list(_bytes_to_unicode().values())
+    vocab = alphabet + [a + "</w>" for a in alphabet]
+    vocab += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.json"
+        merges_file = Path(tmp) / "merges.txt"
+        vocab_file.write_text(json.dumps({t: i for i, t in enumerate(vocab)}), encoding="utf-8")
+        merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+        tok = CLIPTokenizer(
+            str(vocab_file),
+            str(merges_file),
+            model_max_length=max_length,
+            pad_token="<|endoftext|>",
+        )
+        # load fully into memory before the files go away
+        tok = CLIPTokenizer.from_pretrained(_save(tok, Path(tmp) / "tok"))
+    return tok
+
+
+def _save(tok: CLIPTokenizer, path: Path) -> str:
+    tok.save_pretrained(str(path))
+    return str(path)
+
+
+def tiny_pipeline(
+    image_size: int = 32,
+    unet_channels: tuple[int, ...] = (32, 64),
+    text_width: int = 32,
+    text_layers: int = 2,
+    max_length: int = 16,
+    seed: int = 0,
+    prediction_type: str = "epsilon",
+) -> StableDiffusionPipeline:
+    """A random Stable Diffusion pipeline: VAE with one 2x downsampling (latents image/2,
+    4 channels), cross-attention only at the lowest-resolution UNet levels."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+        mid_block_add_attention=False,
+    )
+    n = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        layers_per_block=1,
+        cross_attention_dim=text_width,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=text_width,
+            intermediate_size=text_width * 2,
+            num_hidden_layers=text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(max_length),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,187 @@
+"""The policy update: LoRA on the UNet, AdamW, interval-restricted PPO-clip or pairwise loss.
+
+Training units are selected trajectories (PPO) or (best, worst) pairs of one trunk
+(pairwise). Each epoch shuffles the units and, per unit, the order of its interval steps;
+a micro-batch of units is pushed through one shuffled step at a time, and the gradient of
+all its steps (and `grad_accum` micro-batches) is summed before one optimizer step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from configs.schema import Config
+from diffusion.ddim import ddim_step_with_logprob
+from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
+from diffusion.pipeline import DiffusionModel
+from diffusion.sampler import derive_seed, guided_noise
+from diffusion.trajectory import TrajectoryBatch
+from learner import losses
+from learner.selection import Selection
+
+
+@dataclass
+class UpdateStats:
+    loss: float = 0.0
+    approx_kl: float = 0.0
+    clip_fraction: float = 0.0
+    ratio_mean: float = 1.0
+    ratio_min: float = 1.0
+    ratio_max: float = 1.0
+    grad_norm: float = 0.0
+    optimizer_steps: int = 0
+    samples: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class PolicyTrainer:
+    """Holds the trainable LoRA and its optimizer. Plain torch: the Ray learner wraps it."""
+
+    def __init__(self, model: DiffusionModel, cfg: Config):
+        self.model = model
+        self.cfg = cfg
+        attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
+        self.params = lora_parameters(model.unet)
+        for p in self.params:
+            # LoRA weights train in fp32 even when the base model runs in half precision
+            p.data = p.data.float()
+            p.requires_grad_(True)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(
+            self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        )
+
+    # -- weights -------------------------------------------------------------------------
+    def weights(self) -> dict[str, torch.Tensor]:
+        return lora_state(self.model.unet)
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str = "") -> None:
+        load_lora_state(self.model.unet, state, source)
+
+    # -- forward -------------------------------------------------------------------------
+    def _log_prob(
+        self,
+        batch: TrajectoryBatch,
+        rows: torch.Tensor,
+        steps: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+    ) -> torch.Tensor:
+        """log pi_theta of transitions (rows[i], steps[i]) of the batch."""
+        m = self.model
+        x = batch.chain[rows, steps].to(m.device, m.dtype)
+        x_next = batch.chain[rows, steps + 1].to(m.device, m.dtype)
+        t = batch.timesteps[steps]
+        eps = guided_noise(
+            m.unet,
+            x,
+            t.to(m.device),
+            cond,
+            uncond.expand(len(rows), -1, -1),
+            self.cfg.sampling.guidance_scale,
+        )
+        _, lp = ddim_step_with_logprob(
+            m.scheduler, eps, t, x, eta=self.cfg.sampling.eta, prev_sample=x_next
+        )
+        return lp.float()
+
+    def _embeddings(self, batch: TrajectoryBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        unique = list(dict.fromkeys(batch.prompts))
+        enc = self.model.encode_prompts(unique)
+        return {p: enc[i] for i, p in enumerate(unique)}, self.model.encode_prompts([""])
+
+    def _plan(self, n_units: int, s: int, stage: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, stage, epoch, 0x5EED))
+        order = rng.permutation(n_units)
+        if self.cfg.train.shuffle_timesteps:
+            steps = (
+                np.stack([rng.permutation(s) for _ in range(n_units)])
+                if n_units
+                else np.zeros((0, s), int)
+            )
+        else:
+            steps = np.tile(np.arange(s), (n_units, 1))
+        return order, steps
+
+    @torch.no_grad()
+    def log_probs(self, batch: TrajectoryBatch) -> torch.Tensor:
+        """log pi_theta of every interval transition [N, s], batched as `update` batches them."""
+        self.model.scheduler.set_timesteps(self.cfg.sampling.num_steps, device="cpu")
+        emb, uncond = self._embeddings(batch)
+        out = torch.zeros(len(batch), batch.interval)
+        bs = self.cfg.train.batch_size
+        for lo in range(0, len(batch), bs):
+            rows = torch.arange(lo, min(lo + bs, len(batch)))
+            cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
+            for j in range(batch.interval):
+                steps = torch.full_like(rows, j)
+                out[rows, j] = self._log_prob(batch, rows, steps, cond, uncond).cpu()
+        return out
+
+    # -- update --------------------------------------------------------------------------
+    def update(
+        self, batch: TrajectoryBatch, advantages: np.ndarray, selection: Selection, stage: int
+    ) -> UpdateStats:
+        """One stage's optimisation over the selected samples of `batch`."""
+        cfg = self.cfg
+        pairwise = cfg.loss.name == "pairwise"
+        units = selection.pairs if pairwise else selection.index.reshape(-1, 1)
+        stats = UpdateStats(samples=int(units.size))
+        if len(units) == 0:
+            return stats
+        self.model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
+        emb, uncond = self._embeddings(batch)
+        adv_all = torch.as_tensor(advantages, dtype=torch.float32)
+        s = batch.interval
+        bs, accum = cfg.train.batch_size, cfg.train.grad_accum
+        sums: dict[str, float] = {}
+        n_terms, grad_norms = 0, []
+        ratio_min, ratio_max = float("inf"), float("-inf")
+        for epoch in range(cfg.train.epochs):
+            order, step_plan = self._plan(len(units), s, stage, epoch)
+            batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+            for b_idx, unit_idx in enumerate(batches):
+                unit_rows = torch.as_tensor(units[unit_idx])  # [b, 1 or 2]
+                plan = torch.as_tensor(step_plan[unit_idx])  # [b, s]
+                for j in range(s):
+                    steps = plan[:, j]
+                    terms = []
+                    for col in range(unit_rows.shape[1]):
+                        rows = unit_rows[:, col]
+                        cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
+                        new = self._log_prob(batch, rows, steps, cond, uncond)
+                        old = batch.log_probs[rows, steps].to(new.device)
+                        terms.append((new, old, rows))
+                    if pairwise:
+                        (nw, ow, _), (nl, ol, _) = terms
+                        loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss)
+                    else:
+                        new, old, rows = terms[0]
+                        loss, diag = losses.ppo_clip(
+                            new, old, adv_all[rows].to(new.device), cfg.loss
+                        )
+                    (loss / (s * accum)).backward()
+                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                    for k in ("approx_kl", "clip_fraction", "ratio_mean"):
+                        sums[k] = sums.get(k, 0.0) + float(diag[k])
+                    ratio_min = min(ratio_min, float(diag["ratio_min"]))
+                    ratio_max = max(ratio_max, float(diag["ratio_max"]))
+                    n_terms += 1
+                if (b_idx + 1) % accum == 0 or b_idx == len(batches) - 1:
+                    norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
+                    grad_norms.append(float(norm))
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    stats.optimizer_steps += 1
+        stats.loss = sums["loss"] / n_terms
+        stats.approx_kl = sums["approx_kl"] / n_terms
+        stats.clip_fraction = sums["clip_fraction"] / n_terms
+        stats.ratio_mean = sums["ratio_mean"] / n_terms
+        stats.ratio_min, stats.ratio_max = ratio_min, ratio_max
+        stats.grad_norm = float(np.mean(grad_norms))
+        return stats

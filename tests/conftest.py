@@ -1,0 +1,63 @@
+"""Shared fixtures: a tiny random Stable-Diffusion-shaped pipeline (16x16 latents)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from configs.schema import Config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory) -> str:
+    from diffusion.tiny import tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny") / "pipeline"
+    tiny_pipeline(seed=0).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture()
+def tiny_cfg(tiny_pipeline_dir, tmp_path) -> Config:
+    return Config.model_validate(
+        {
+            "seed": 3,
+            "stages": 4,
+            "output_dir": str(tmp_path / "runs"),
+            "model": {"pretrained": tiny_pipeline_dir},
+            "sampling": {
+                "num_steps": 6,
+                "branches": 3,
+                "trunks_per_stage": 4,
+                "micro_batch": 5,
+                "guidance_scale": 3.0,
+            },
+            "schedule": {"kind": "linear", "start": 2, "end": 4},
+            "selection": {"tau_pos": 0.3, "tau_neg": -0.3},
+            "loss": {"clip_range": 0.2},
+            "train": {"lr": 1e-3, "epochs": 1, "batch_size": 3, "lora": {"rank": 4}},
+            "rewards": [{"name": "oracle_partial"}],
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def _tiny_model_once(tiny_pipeline_dir):
+    from configs.schema import ModelConfig
+    from diffusion.pipeline import load_model
+
+    return load_model(ModelConfig(pretrained=tiny_pipeline_dir), torch.device("cpu"))
+
+
+@pytest.fixture()
+def tiny_model(_tiny_model_once):
+    """A fresh copy per test: trainers attach LoRA to the UNet in place."""
+    return copy.deepcopy(_tiny_model_once)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from diffusion.sampler import sample_branches
+from learner.advantages import Advantages
+from learner.selection import Selection
+from learner.stage import run_stage, sampler_settings
+from learner.update import PolicyTrainer
+
+
+@pytest.fixture()
+def trainer_and_batch(tiny_model, tiny_cfg):
+    trainer = PolicyTrainer(tiny_model, tiny_cfg)
+    st = sampler_settings(tiny_cfg, 0)
+    batch = sample_branches(
+        tiny_model, ["a red circle", "a blue square"], [0, 1], st, seed=3, stage=0
+    )
+    return trainer, batch
+
+
+def test_recomputed_log_probs_give_ratio_one(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    recomputed = trainer.log_probs(batch)
+    ratio = torch.exp(recomputed - batch.log_probs)
+    assert (ratio - 1).abs().max() <= 1e-6
+
+
+def _one_update(trainer, batch, row, adv_value, cfg_loss="ppo_clip"):
+    adv = np.zeros(len(batch))
+    adv[row] = adv_value
+    sel = Selection(np.array([row]), int(adv_value > 0), int(adv_value < 0), np.zeros((0, 2), int))
+    before = trainer.log_probs(batch)[row]
+    stats = trainer.update(batch, adv, sel, stage=0)
+    after = trainer.log_probs(batch)[row]
+    return before, after, stats
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_ppo_update_moves_log_prob_with_the_advantage(trainer_and_batch, sign):
+    trainer, batch = trainer_and_batch
+    before, after, stats = _one_update(trainer, batch, 1, sign * 2.0)
+    assert stats.optimizer_steps == 1 and np.isfinite(stats.loss) and stats.grad_norm > 0
+    assert sign * (after.mean() - before.mean()) > 0
+
+
+def test_pairwise_update_raises_best_and_lowers_worst(tiny_model, tiny_cfg):
+    cfg = tiny_cfg.model_copy(
+        update={"loss": tiny_cfg.loss.model_copy(update={"name": "pairwise"})}
+    )
+    trainer = PolicyTrainer(tiny_model, cfg)
+    batch = sample_branches(
+        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 0), seed=3, stage=0
+    )
+    before = trainer.log_probs(batch)
+    sel = Selection(np.array([0, 2]), 1, 1, np.array([[0, 2]]))
+    stats = trainer.update(batch, np.array([1.0, 0.0, -1.0]), sel, stage=0)
+    after = trainer.log_probs(batch)
+    assert stats.optimizer_steps == 1
+    margin_before = before[0].mean() - before[2].mean()
+    margin_after = after[0].mean() - after[2].mean()
+    assert margin_after > margin_before
+
+
+def test_one_complete_stage_in_process(tiny_model, tiny_cfg):
+    trainer = PolicyTrainer(tiny_model, tiny_cfg)
+    adv = Advantages(tiny_cfg.advantage)
+
+    def brightness(images, prompts):
+        return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
+
+    res = run_stage(trainer, adv, brightness, ["a red circle", "a blue square"], tiny_cfg, stage=0)
+    n = tiny_cfg.sampling.trunks_per_stage * tiny_cfg.sampling.branches
+    assert len(res.rewards) == n and res.split_step == 2
+    assert res.selection.positives + res.selection.negatives == len(res.selection.index) > 0
+    m = res.metrics()
+    assert np.isfinite(m["loss"]) and m["images"] == n and m["optimizer_steps"] >= 1
+
+
+def test_non_finite_reward_is_refused_with_the_prompt(tiny_model, tiny_cfg):
+    trainer = PolicyTrainer(tiny_model, tiny_cfg)
+
+    def broken(images, prompts):
+        r = np.zeros(len(prompts))
+        r[1] = np.nan
+        return r
+
+    with pytest.raises(ValueError, match="non-finite reward .* for prompt"):
+        run_stage(trainer, Advantages(tiny_cfg.advantage), broken, ["a red circle"], tiny_cfg, 0)
