@@ -118,17 +118,27 @@ class RewardTerm(Section):
     weight: float = 1.0
     model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
     checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")
+    num_layers: int = Field(6, ge=1, description="bert_score: BERT layer whose embeddings count.")
+    captioner: str | None = Field(None, description="bert_score: image captioner ('toy').")
 
 
 class RuntimeConfig(Section):
+    """Actor counts and resources. Threads: 0 = as many as the actor's CPUs."""
+
     rollout_actors: int = Field(2, ge=1)
-    reward_actors: int = Field(1, ge=1)
+    rollout_cpus: float = Field(1.0, gt=0.0)
     rollout_gpus: float = Field(0.0, ge=0.0)
+    rollout_threads: int = Field(0, ge=0)
+    reward_actors: int = Field(1, ge=1)
+    reward_cpus: float = Field(1.0, gt=0.0)
     reward_gpus: float = Field(0.0, ge=0.0)
+    reward_threads: int = Field(0, ge=0)
+    learner_cpus: float = Field(1.0, gt=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
-    cpus_per_actor: float = Field(1.0, gt=0.0)
-    torch_threads: int = Field(0, ge=0, description="0: as many as the actor's CPUs.")
+    learner_threads: int = Field(0, ge=0)
+    trunks_per_task: int = Field(0, ge=0, description="Trunks per rollout task (0: even split).")
     max_restarts: int = Field(3, ge=0)
+    max_task_retries: int = Field(2, ge=0)
 
 
 class LoggingConfig(Section):

@@ -13,7 +13,6 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig as PeftLoraConfig
-from peft.utils import get_peft_model_state_dict
 
 from configs.schema import LoraConfig
 
@@ -34,14 +33,7 @@ def attach_lora(unet: torch.nn.Module, cfg: LoraConfig, seed: int = 0) -> None:
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        unet.add_adapter(
-            PeftLoraConfig(
-                r=cfg.rank,
-                lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
-                init_lora_weights="gaussian",
-                target_modules=list(cfg.targets),
-            )
-        )
+        unet.add_adapter(peft_config(cfg))
     finally:
         torch.random.set_rng_state(state)
 
@@ -80,17 +72,30 @@ def load_lora_state(
         p.copy_(t.to(p.device, p.dtype))
 
 
-def export_lora(unet: torch.nn.Module, out_dir: str | Path) -> Path:
-    """Write `pytorch_lora_weights.safetensors` in diffusers' format into out_dir."""
+def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha if cfg.alpha is not None else cfg.rank,
+        init_lora_weights="gaussian",
+        target_modules=list(cfg.targets),
+    )
+
+
+def export_lora(state: dict[str, torch.Tensor], cfg: LoraConfig, out_dir: str | Path) -> Path:
+    """Write a flat LoRA dict as `pytorch_lora_weights.safetensors` in diffusers' format.
+
+    Works without the model, so the driver can export what the learner published.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    # peft names carry the adapter ("...to_q.lora_A.default.weight"); the file does not
+    plain = {k.replace(".default.", "."): v.contiguous() for k, v in state.items()}
     StableDiffusionPipeline.save_lora_weights(
         save_directory=str(out_dir),
-        unet_lora_layers=layers,
+        unet_lora_layers=convert_state_dict_to_diffusers(plain),
         safe_serialization=True,
         weight_name=LORA_WEIGHTS_NAME,
         # rank and alpha travel in the file's metadata, so a scale alpha/rank != 1 survives
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
+        unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
     )
     return out_dir / LORA_WEIGHTS_NAME

@@ -41,7 +41,17 @@ def _from_pretrained(source: str, cfg: ModelConfig, local_only: bool) -> Diffusi
     )
 
 
-def _load(cfg: ModelConfig) -> DiffusionPipeline:
+def _offline_hint(cfg: ModelConfig) -> str:
+    return (
+        f"model.pretrained = {cfg.pretrained!r}: the hub model could not be fetched "
+        f"(offline?). On a machine with network run `huggingface-cli download "
+        f"{cfg.pretrained} --local-dir DIR`, copy DIR here and set model.pretrained=DIR"
+    )
+
+
+def check_source(cfg: ModelConfig) -> Path | None:
+    """Validate model.pretrained without loading weights: a local pipeline directory (its
+    path is returned) or a hub id that is cached or may still be fetched (None)."""
     path = resolve_path(cfg.pretrained)
     if path.exists():
         if not (path / "model_index.json").is_file():
@@ -49,6 +59,22 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
                 f"model.pretrained = {cfg.pretrained!r}: {path} is not a diffusers pipeline "
                 "directory (no model_index.json)"
             )
+        return path
+    looks_local = cfg.pretrained.startswith((".", "/", "~")) or cfg.pretrained.count("/") != 1
+    if looks_local:
+        raise PipelineLoadError(f"model.pretrained = {cfg.pretrained!r}: no such directory")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(cfg.pretrained, "model_index.json", revision=cfg.revision)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not isinstance(cached, str) and offline:
+        raise PipelineLoadError(_offline_hint(cfg))
+    return None
+
+
+def _load(cfg: ModelConfig) -> DiffusionPipeline:
+    path = check_source(cfg)
+    if path is not None:
         try:
             return _from_pretrained(str(path), cfg, local_only=True)
         except (OSError, ValueError, TypeError) as exc:
@@ -56,25 +82,14 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
             raise PipelineLoadError(
                 f"model.pretrained = {cfg.pretrained!r}: cannot load pipeline from {path}: {first}"
             ) from None
-    looks_local = cfg.pretrained.startswith((".", "/", "~")) or cfg.pretrained.count("/") != 1
-    if looks_local:
-        raise PipelineLoadError(f"model.pretrained = {cfg.pretrained!r}: no such directory")
     try:  # already in the local Hugging Face cache?
         return _from_pretrained(cfg.pretrained, cfg, local_only=True)
     except (OSError, ValueError):
         pass
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    hint = (
-        f"model.pretrained = {cfg.pretrained!r}: the hub model could not be fetched "
-        f"(offline?). On a machine with network run `huggingface-cli download "
-        f"{cfg.pretrained} --local-dir DIR`, copy DIR here and set model.pretrained=DIR"
-    )
-    if offline:
-        raise PipelineLoadError(hint)
     try:
         return _from_pretrained(cfg.pretrained, cfg, local_only=False)
     except (OSError, ValueError):
-        raise PipelineLoadError(hint) from None
+        raise PipelineLoadError(_offline_hint(cfg)) from None
 
 
 @dataclass

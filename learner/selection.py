@@ -49,3 +49,10 @@ def select(cfg: SelectionConfig, trunk_ids: np.ndarray, advantages: np.ndarray) 
             pairs.append((best, worst))
     index = np.asarray(sorted(chosen), dtype=int)
     return Selection(index, pos, neg, np.asarray(pairs, dtype=int).reshape(-1, 2))
+
+
+def compact(sel: Selection) -> Selection:
+    """The same selection re-indexed into the batch of only the selected rows (in order)."""
+    index = np.arange(len(sel.index))
+    pairs = np.searchsorted(sel.index, sel.pairs) if len(sel.pairs) else sel.pairs
+    return Selection(index, sel.positives, sel.negatives, np.asarray(pairs, dtype=int))

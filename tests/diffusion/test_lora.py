@@ -17,7 +17,7 @@ def test_export_loads_in_stock_diffusers_and_gives_same_images(tiny_model, tiny_
     state = {k: torch.randn(v.shape, generator=g) * 0.3 for k, v in trainer.weights().items()}
     trainer.load_weights(state)
     assert torch.equal(trainer.weights()[next(iter(state))], next(iter(state.values())))
-    path = export_lora(tiny_model.unet, tmp_path / "lora")
+    path = export_lora(trainer.weights(), lora, tmp_path / "lora")
     assert path.name == "pytorch_lora_weights.safetensors"
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_cfg.model.pretrained, local_files_only=True)

@@ -1,0 +1,101 @@
+"""Rollout workers: hold a pipeline + LoRA and run branch sampling for the trunks given.
+
+`RolloutWorker` is plain Python (the tests use it directly); the driver wraps it as a
+restartable Ray actor. Everything is built in __init__, so a restarted actor rebuilds
+itself and then refuses to sample until it has received the current weights.
+Sampled trajectories stay here; only images (for the rewards) leave at once, and the
+learner later takes just the selected rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from configs.schema import Config
+from diffusion.lora import attach_lora, load_lora_state
+from diffusion.pipeline import load_model, pick_device
+from diffusion.sampler import SamplerSettings, UNetCounter, sample_branches
+from diffusion.trajectory import TrajectoryBatch
+
+
+class StaleWeightsError(RuntimeError):
+    """Asked to sample with weights this worker does not hold."""
+
+
+@dataclass
+class RolloutImages:
+    """What a rollout task returns at once: the images to score, and their identities."""
+
+    chunk: int
+    prompts: list[str]
+    trunk_ids: torch.Tensor  # int64 [n]
+    branch_ids: torch.Tensor  # int64 [n]
+    images: torch.Tensor  # uint8 [n, 3, H, W]
+    seconds: float
+
+
+def set_threads(threads: int, cpus: float) -> None:
+    torch.set_num_threads(max(1, threads or int(cpus)))
+
+
+class RolloutWorker:
+    def __init__(self, cfg: Config, index: int = 0):
+        rt = cfg.runtime
+        set_threads(rt.rollout_threads, rt.rollout_cpus)
+        self.cfg = cfg
+        self.index = index
+        device = pick_device(cfg.model.device) if rt.rollout_gpus > 0 else torch.device("cpu")
+        self.model = load_model(cfg.model, device)
+        attach_lora(self.model.unet, cfg.train.lora, seed=cfg.seed)
+        self.version = -1
+        self._kept: dict[tuple[int, int], TrajectoryBatch] = {}
+
+    def set_weights(self, version: int, weights: dict[str, torch.Tensor]) -> int:
+        load_lora_state(self.model.unet, weights, f"weights v{version}")
+        self.version = version
+        return version
+
+    def sample(
+        self,
+        version: int,
+        stage: int,
+        chunk: int,
+        prompts: list[str],
+        trunk_ids: list[int],
+        settings: SamplerSettings,
+    ) -> tuple[RolloutImages, tuple[int, int, int]]:
+        """Sample a chunk of trunks; keep its trajectories, return its images at once and
+        (UNet calls, UNet evaluations, bytes of one kept trajectory row)."""
+        if version != self.version:
+            raise StaleWeightsError(
+                f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}"
+            )
+        t0 = time.perf_counter()
+        counter = UNetCounter()
+        batch = sample_branches(
+            self.model, prompts, trunk_ids, settings, self.cfg.seed, stage, counter
+        )
+        self._kept = {k: v for k, v in self._kept.items() if k[0] == stage}
+        kept = self._kept[(stage, chunk)] = batch.without_images()
+        images = RolloutImages(
+            chunk,
+            batch.prompts,
+            batch.trunk_ids,
+            batch.branch_ids,
+            batch.images,
+            time.perf_counter() - t0,
+        )
+        return images, (counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
+
+    def take(self, stage: int, chunk: int, rows: list[int]) -> TrajectoryBatch:
+        """The selected rows of a chunk sampled here (what the learner trains on)."""
+        batch = self._kept.get((stage, chunk))
+        if batch is None:
+            raise KeyError(f"rollout worker {self.index} has no chunk {chunk} of stage {stage}")
+        return batch.select(rows)
+
+    def ping(self) -> int:
+        return self.version

@@ -1,0 +1,83 @@
+"""`python -m learner.main`: B²-DiffuRL training, on a laptop or a Ray cluster.
+
+With no arguments it runs the toy B² preset (configs/toy_b2.yaml) on a local Ray started
+on 127.0.0.1. Under `ray job submit` (or with RAY_ADDRESS set) it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m learner.main", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path, help="a YAML preset (default: configs/toy_b2.yaml)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set stages=2 sampling.branches=4",
+    )
+    p.add_argument("--resume", type=Path, help="continue a run directory after its last stage")
+    p.add_argument("--force", action="store_true", help="resume even if the config differs")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # errors a user can fix: one line, non-zero exit, nothing written
+    from configs.load import ConfigError, load_config
+    from diffusion.lora import LoraShapeError
+    from diffusion.pipeline import PipelineLoadError
+    from learner.checkpoint import CheckpointError
+    from learner.driver import RewardFailure, RuntimeSetupError
+    from learner.preflight import preflight
+    from learner.prompts import PromptFileError
+    from learner.run import ResumeError, execute, prepare
+    from rewards.scorers import RewardSetupError
+
+    user_errors = (
+        ConfigError,
+        PromptFileError,
+        PipelineLoadError,
+        RewardSetupError,
+        LoraShapeError,
+        CheckpointError,
+        ResumeError,
+        RuntimeSetupError,
+        RewardFailure,
+    )
+    try:
+        cfg = None
+        if args.config is not None or args.resume is None:
+            cfg = load_config(args.config, args.overrides)
+        cfg, run_dir, resuming = prepare(cfg, args.resume, args.overrides, args.force)
+        preflight(cfg)
+        summary = execute(cfg, run_dir, resuming)
+    except user_errors as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
+        return 130
+    print(f"\ndone: {summary['stages_completed']} stages in {summary['seconds']:.0f} s")
+    print(f"  results:  {summary['run_dir']}  (summary.json, metrics.jsonl, grids/, stages/)")
+    print(f"  LoRA:     {summary['lora']}")
+    uri = summary["mlflow_tracking_uri"]
+    if summary["mlflow_run_id"]:
+        print(f"  MLflow:   run {summary['mlflow_run_id']}; open it with")
+        print(f"            mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --workers 1")
+        print("            then browse http://127.0.0.1:5000")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

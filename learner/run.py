@@ -1,0 +1,188 @@
+"""A training run's lifecycle: run directory, Ray, actors, stages, checkpoints, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import ray
+
+from configs.load import dump_config, load_config
+from configs.schema import Config
+from diffusion.lora import export_lora
+from learner import checkpoint
+from learner.driver import Cluster, StageRunner
+from learner.grid import save_grid
+from learner.prompts import load_prompts
+from learner.schedule import split_step
+from learner.tracking import Tracker
+
+# config keys a resumed run may change without --force (how long and where to log)
+RESUMABLE_KEYS = {"stages", "logging", "runtime", "output_dir", "run_name"}
+
+
+class ResumeError(RuntimeError):
+    """A run directory that cannot be resumed; str() is one line."""
+
+
+def connect(cfg: Config) -> None:
+    """Join the cluster we run in (RAY_ADDRESS, `ray job submit`), else start one locally
+    on loopback with enough logical CPUs for the configured actors."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    rt = cfg.runtime
+    cpus = rt.rollout_actors * rt.rollout_cpus + rt.reward_actors * rt.reward_cpus + rt.learner_cpus
+    ray.init(
+        address="local",
+        num_cpus=max(int(-(-cpus // 1)), os.cpu_count() or 1),
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        log_to_driver=True,
+        configure_logging=True,
+        logging_level="warning",
+    )
+
+
+def _config_diff(a: Config, b: Config) -> str | None:
+    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    for key in da:
+        if key not in RESUMABLE_KEYS and da[key] != db[key]:
+            return key
+    return None
+
+
+def prepare(
+    cfg: Config | None, resume: Path | None, overrides: list[str], force: bool
+) -> tuple[Config, Path, bool]:
+    """Validate everything that can be checked before anything is written."""
+    if resume is not None:
+        saved = resume / "config.yaml"
+        if not saved.is_file():
+            raise ResumeError(f"--resume {resume}: no config.yaml there; not a run directory")
+        resumed = load_config(saved, overrides)
+        if cfg is not None and not force:
+            key = _config_diff(cfg, resumed)
+            if key:
+                raise ResumeError(
+                    f"--resume {resume}: its config differs from the given one at '{key}'; "
+                    "pass --force to resume anyway"
+                )
+        return (cfg if cfg is not None and force else resumed), resume, True
+    assert cfg is not None
+    name = cfg.run_name or (
+        f"{cfg.algorithm}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
+    )
+    run_dir = Path(cfg.output_dir) / name
+    if run_dir.exists():
+        raise ResumeError(
+            f"run directory {run_dir} exists; use --resume {run_dir} or a new run_name"
+        )
+    return cfg, run_dir, False
+
+
+def execute(
+    cfg: Config,
+    run_dir: Path,
+    resuming: bool,
+    on_submit: Callable | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Run (or continue) the stages. `stop_after` ends early after that stage (tests)."""
+    train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
+    load_prompts(cfg.prompts.test, "prompts.test")
+    start_stage, state = 0, None
+    if resuming:
+        last = checkpoint.latest(run_dir)
+        if last is not None:
+            state = checkpoint.load(last)
+            start_stage = state.stage + 1
+    connect(cfg)
+    cluster = Cluster(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    info_path = run_dir / "run.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    tracker = Tracker(cfg, run_dir, run_dir.name, info.get("mlflow_run_id"))
+    info.update({"run_name": run_dir.name, "mlflow_run_id": tracker.run_id})
+    info_path.write_text(json.dumps(info, indent=2))
+    tracker.artifact(run_dir / "config.yaml")
+    if state is not None:
+        ray.get(cluster.learner.restore.remote(state, str(last)))
+        print(f"resuming {run_dir} after stage {state.stage}", flush=True)
+
+    runner = StageRunner(cfg, cluster, train_prompts, on_submit)
+    status, metrics, t_run = "FAILED", {}, time.perf_counter()
+    print(
+        f"b2-diffurl: {cfg.algorithm} on {cfg.model.pretrained}, {cfg.stages} stages x "
+        f"{cfg.sampling.trunks_per_stage} trunks x {cfg.sampling.branches} branches; "
+        f"{cfg.runtime.rollout_actors} rollout + {cfg.runtime.reward_actors} reward actors; "
+        f"run dir {run_dir}",
+        flush=True,
+    )
+    try:
+        last_stage = cfg.stages - 1 if stop_after is None else min(stop_after, cfg.stages - 1)
+        for stage in range(start_stage, last_stage + 1):
+            t0 = time.perf_counter()
+            grid = cfg.logging.grid_every > 0 and (
+                stage % cfg.logging.grid_every == 0 or stage == cfg.stages - 1
+            )
+            out = runner.run(stage, grid)
+            t1 = time.perf_counter()
+            metrics = out.metrics
+            if out.grid_images is not None:
+                path = save_grid(
+                    out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
+                )
+                tracker.artifact(path, "grids")
+            state_now = ray.get(cluster.learner.state.remote(stage, int(metrics["split_step"])))
+            checkpoint.save(run_dir, state_now)
+            metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
+            metrics["seconds_stage"] = time.perf_counter() - t0
+            tracker.metrics(stage, metrics)
+            print(
+                f"stage {stage + 1:>3}/{cfg.stages}  split {int(metrics['split_step']):>2}  "
+                f"images {int(metrics['images'])}  reward {metrics['reward_mean']:.4f}"
+                f" ± {metrics['reward_std']:.4f}  +{int(metrics['positives'])}/"
+                f"-{int(metrics['negatives'])}  loss {metrics['loss']:+.4f}  "
+                f"kl {metrics['approx_kl']:.2e}  {metrics['seconds_stage']:.1f}s",
+                flush=True,
+            )
+        lora_dir = run_dir / "lora"
+        final = ray.get(cluster.learner.weights.remote())
+        export_lora(final, cfg.train.lora, lora_dir)
+        tracker.artifact(lora_dir, "lora")
+        status = "FINISHED"
+    finally:
+        tracker.finish(status)
+        cluster.shutdown()
+    summary = {
+        "run_dir": str(run_dir),
+        "stages_completed": last_stage + 1,
+        "final_metrics": metrics,
+        "mlflow_run_id": tracker.run_id,
+        "mlflow_tracking_uri": _tracking_uri(),
+        "seconds": time.perf_counter() - t_run,
+        "lora": str(run_dir / "lora" / "pytorch_lora_weights.safetensors"),
+        "schedule_end": split_step(cfg.schedule, last_stage, cfg.stages, cfg.sampling.num_steps),
+    }
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2))
+    os.replace(tmp, run_dir / "summary.json")
+    return summary
+
+
+def _tracking_uri() -> str:
+    try:
+        import mlflow
+
+        return mlflow.get_tracking_uri()
+    except Exception:  # noqa: BLE001
+        return ""

@@ -1,0 +1,94 @@
+"""Run tracking: MLflow when it is reachable, a local metrics.jsonl always.
+
+MLflow failures never stop training: the first one is reported once, MLflow is left alone
+for the rest of the run, and every metric is still in `RUN_DIR/metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from configs.load import PROJECT_ROOT, flatten
+from configs.schema import Config
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+class Tracker:
+    def __init__(self, cfg: Config, run_dir: Path, run_name: str, resume_id: str | None = None):
+        self.run_dir = run_dir
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.enabled = cfg.logging.mlflow
+        self.run_id: str | None = None
+        self.problem: str | None = None
+        if not self.enabled:
+            return
+        try:
+            import mlflow
+
+            self._mlflow = mlflow
+            mlflow.set_experiment(cfg.logging.experiment)
+            run = (
+                mlflow.start_run(run_id=resume_id)
+                if resume_id
+                else mlflow.start_run(run_name=run_name)
+            )
+            self.run_id = run.info.run_id
+            if not resume_id:
+                mlflow.log_params(flatten(cfg))
+                mlflow.set_tags({"algorithm": cfg.algorithm, "git_commit": git_commit()})
+        except Exception as exc:  # noqa: BLE001 - any tracking failure is survivable
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        if self.problem is None:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            self.problem = f"{type(exc).__name__}: {first}"
+            print(
+                f"warning: MLflow unavailable ({self.problem}); training goes on, metrics are "
+                f"kept in {self.metrics_path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.enabled = False
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.enabled:
+            try:
+                self._mlflow.log_metrics(values, step=step)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        if self.enabled:
+            try:
+                if path.is_dir():
+                    self._mlflow.log_artifacts(str(path), artifact_path)
+                else:
+                    self._mlflow.log_artifact(str(path), artifact_path)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            try:
+                self._mlflow.end_run(status=status)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
