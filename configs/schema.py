@@ -114,7 +114,7 @@ class PromptsConfig(Section):
 
 
 class RewardTerm(Section):
-    name: Literal["clip_score", "bert_score", "oracle", "oracle_partial"]
+    name: Literal["clip_score", "bert_score", "oracle", "oracle_partial", "jpeg_compressibility"]
     weight: float = 1.0
     model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
     checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")
@@ -136,7 +136,9 @@ class RuntimeConfig(Section):
     learner_cpus: float = Field(1.0, gt=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
     learner_threads: int = Field(0, ge=0)
-    trunks_per_task: int = Field(0, ge=0, description="Trunks per rollout task (0: even split).")
+    trunks_per_task: int = Field(
+        0, ge=0, description="Trunks per rollout task (0: an eighth of the stage's trunks)."
+    )
     max_restarts: int = Field(3, ge=0)
     max_task_retries: int = Field(2, ge=0)
 

@@ -55,7 +55,7 @@ class TrajectoryBatch:
             timesteps=self.timesteps,
             chain=self.chain[idx],
             log_probs=self.log_probs[idx],
-            images=self.images[idx],
+            images=self.images[idx] if len(self.images) else self.images,
         )
 
     def without_images(self) -> TrajectoryBatch:

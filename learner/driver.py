@@ -203,10 +203,10 @@ class StageRunner:
 
     # -- one stage ----------------------------------------------------------------------
     def chunks(self, trunks: int) -> list[np.ndarray]:
-        per = self.cfg.runtime.trunks_per_task
-        if per <= 0:  # two tasks per actor, so scoring one overlaps sampling the next
-            n = min(trunks, 2 * len(self.cluster.rollouts))
-            return [c for c in np.array_split(np.arange(trunks), n) if len(c)]
+        """The stage's rollout tasks. Their make-up depends on the config only, never on
+        the number of actors, so every task computes bit-identical samples wherever it
+        runs (BLAS results depend on batch composition)."""
+        per = self.cfg.runtime.trunks_per_task or -(-trunks // 8)
         return [np.arange(i, min(i + per, trunks)) for i in range(0, trunks, per)]
 
     def run(self, stage: int, want_grid: bool) -> StageOutput:
@@ -379,12 +379,7 @@ class StageRunner:
                     self.cluster.learner.update.remote(stage, adv, sel, *[r for _, r in refs])
                 )
             except (RayActorError, RayTaskError) as exc:
-                lost = []
-                for c, r in refs:
-                    try:
-                        ray.get(r)
-                    except (RayActorError, RayTaskError, KeyError):
-                        lost.append(c)
+                lost = self._lost_chunks(refs, owner, stage)
                 if not lost:
                     raise
                 print(
@@ -392,10 +387,23 @@ class StageRunner:
                     f"({type(_cause(exc)).__name__}); sampling them again",
                     flush=True,
                 )
-                for a in {owner[c] for c in lost}:
-                    self._recoverable(ActorDiedError(), a, f"stage {stage} before the update")
                 owner.update(self._resample(stage, settings, prompts, chunks, lost))
         raise RuntimeError(f"stage {stage}: could not gather the selected trajectories")
+
+    def _lost_chunks(self, refs: list, owner: dict[int, int], stage: int) -> list[int]:
+        """Chunks whose trajectories are gone: their actor died (or restarted and so forgot
+        them). Other failures are real errors and are left to propagate."""
+        lost = []
+        for c, ref in refs:
+            try:
+                ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                if _is_actor_death(exc):
+                    self._recoverable(exc, owner[c], f"stage {stage} before the update")
+                elif not isinstance(_cause(exc), KeyError):
+                    raise
+                lost.append(c)
+        return lost
 
     def _resample(self, stage, settings, prompts, chunks, which) -> dict[int, int]:
         """Sample the given chunks again (same seeds, so the same trajectories)."""

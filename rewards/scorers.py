@@ -6,6 +6,7 @@ scorer(images uint8 [N, 3, H, W], prompts) -> float64 [N].
 - bert_score: a captioner turns each image into text, BERTScore F1 compares it with the
   prompt. Offline default: the bundled all-MiniLM-L6-v2 and the toy world's describer.
 - oracle / oracle_partial: the toy world's exact checker (1/0, or share of objects found).
+- jpeg_compressibility: DDPO's prompt-independent sanity reward (smaller JPEG is better).
 """
 
 from __future__ import annotations
@@ -168,7 +169,27 @@ class Oracle:
         return (partial if self.partial else correct).astype(np.float64)
 
 
+class JpegCompressibility:
+    """DDPO's sanity-check reward: minus the JPEG size of the image in kB (quality 95)."""
+
+    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+        pass
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+        import io
+
+        from PIL import Image
+
+        sizes = []
+        for arr in images.permute(0, 2, 3, 1).cpu().numpy():
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="JPEG", quality=95)
+            sizes.append(-buf.tell() / 1000.0)
+        return np.asarray(sizes, dtype=np.float64)
+
+
 SCORERS: dict[str, type] = {
+    "jpeg_compressibility": JpegCompressibility,
     "clip_score": ClipScore,
     "bert_score": BertScore,
     "oracle": Oracle,
