@@ -1,0 +1,253 @@
+"""`python -m learner.evaluate`: alignment and diversity of a checkpoint on a prompt split.
+
+    python -m learner.evaluate --checkpoint (RUN_DIR | STAGE_DIR | base) [--config FILE]
+        [--split train|test|all] [--images-per-prompt N] [--seed N] [--json OUT]
+
+N images per prompt from fixed noise (the same for every checkpoint), scored with
+- clip_score: mean cosine of open_clip image/prompt embeddings (the config's clip reward),
+- bert_score: mean BERTScore F1 of a caption of the image vs the prompt (toy prompts: the
+  toy world's describer; bundled MiniLM),
+- diversity: mean pairwise cosine distance (1 - cos) of the open_clip IMAGE embeddings
+  among the images of one prompt, averaged over prompts,
+- oracle_accuracy (toy prompts): share of images the exact checker judges correct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configs.load import load_config
+from configs.schema import Config, RewardTerm
+from diffusion.lora import attach_lora, load_lora_state
+from diffusion.pipeline import load_model
+from diffusion.sampler import SamplerSettings, sample_branches
+from learner import checkpoint
+from learner.prompts import load_prompts
+
+EVAL_STAGE = 1_000_000  # a noise stream no training stage uses
+METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
+
+
+@dataclass
+class Target:
+    """What is evaluated: the config, the LoRA (None: base model), where to report."""
+
+    cfg: Config
+    lora: dict[str, torch.Tensor] | None
+    label: str
+    run_dir: Path | None
+    stage: int | None
+
+
+def resolve(checkpoint_arg: str, config: Path | None, overrides: list[str]) -> Target:
+    if checkpoint_arg == "base":
+        return Target(load_config(config, overrides), None, "base", None, None)
+    path = Path(checkpoint_arg)
+    if (path / "state.json").is_file():  # a stage directory
+        run_dir, stage_path = path.parent.parent, path
+    elif (path / "config.yaml").is_file():  # a run directory
+        run_dir, stage_path = path, checkpoint.latest(path)
+        if stage_path is None:
+            raise checkpoint.CheckpointError(f"{path}: run has no complete stage checkpoint")
+    else:
+        raise checkpoint.CheckpointError(
+            f"--checkpoint {checkpoint_arg}: neither 'base', a run directory nor a stage directory"
+        )
+    cfg = load_config(config or run_dir / "config.yaml", overrides)
+    state = checkpoint.load(stage_path)
+    return Target(cfg, state.lora, f"{run_dir.name}@{stage_path.name}", run_dir, state.stage)
+
+
+def _toy_prompts(prompts: list[str]) -> bool:
+    from toyworld.grammar import parse
+
+    try:
+        for p in prompts:
+            parse(p)
+    except ValueError:
+        return False
+    return True
+
+
+def _clip_term(cfg: Config) -> RewardTerm:
+    for term in cfg.rewards:
+        if term.name == "clip_score":
+            return term
+    raise ValueError("evaluation needs a clip_score term in the config's rewards")
+
+
+class Evaluator:
+    def __init__(self, target: Target, device: torch.device | None = None):
+        from rewards.scorers import ClipScore
+
+        self.target = target
+        cfg = target.cfg
+        self.model = load_model(cfg.model, device)
+        if target.lora is not None:
+            attach_lora(self.model.unet, cfg.train.lora, seed=cfg.seed)
+            load_lora_state(self.model.unet, target.lora, target.label)
+        self.clip = ClipScore(_clip_term(cfg), self.model.device)
+        self._bert = None
+
+    def sample(self, prompts: list[str], per_prompt: int, seed: int) -> tuple[torch.Tensor, list]:
+        s = self.target.cfg.sampling
+        settings = SamplerSettings(
+            s.num_steps, s.num_steps, 1, s.guidance_scale, s.eta, s.micro_batch
+        )
+        rows = [p for p in prompts for _ in range(per_prompt)]
+        ids = list(range(len(rows)))  # trunk id = (prompt index, image index)
+        images = []
+        step = max(1, s.micro_batch)
+        for lo in range(0, len(rows), step):
+            batch = sample_branches(
+                self.model, rows[lo : lo + step], ids[lo : lo + step], settings, seed, EVAL_STAGE
+            )
+            images.append(batch.images)
+        return torch.cat(images), rows
+
+    def score(self, images: torch.Tensor, rows: list[str], prompts: list[str]) -> dict:
+        clip = self.clip(images, rows)
+        emb = torch.cat([self.clip.embed_images(c) for c in images.split(256)]).cpu()
+        toy = _toy_prompts(prompts)
+        bert = oracle = None
+        if toy:
+            from rewards.scorers import BertScore
+            from toyworld.checker import check_batch
+
+            if self._bert is None:
+                self._bert = BertScore(RewardTerm(name="bert_score"), torch.device("cpu"))
+            bert = self._bert(images, rows)
+            oracle = check_batch(images.permute(0, 2, 3, 1).numpy(), rows)[0].astype(float)
+        per_prompt = {}
+        rows_arr = np.asarray(rows, dtype=object)
+        for p in prompts:
+            m = rows_arr == p
+            e = emb[torch.as_tensor(m)]
+            sim = e @ e.T
+            n = len(e)
+            div = float((1 - sim)[~torch.eye(n, dtype=torch.bool)].mean()) if n > 1 else 0.0
+            per_prompt[p] = {
+                "clip_score": float(clip[m].mean()),
+                "bert_score": None if bert is None else float(bert[m].mean()),
+                "diversity": div,
+                "oracle_accuracy": None if oracle is None else float(oracle[m].mean()),
+            }
+        out = {
+            "images": len(rows),
+            "clip_score": float(clip.mean()),
+            "bert_score": None if bert is None else float(bert.mean()),
+            "diversity": float(np.mean([v["diversity"] for v in per_prompt.values()])),
+            "oracle_accuracy": None if oracle is None else float(oracle.mean()),
+            "per_prompt": per_prompt,
+        }
+        return out
+
+
+def evaluate(target: Target, splits: list[str], per_prompt: int, seed: int) -> dict:
+    ev = Evaluator(target)
+    result = {
+        "checkpoint": target.label,
+        "stage": target.stage,
+        "seed": seed,
+        "images_per_prompt": per_prompt,
+        "diversity_embedding": f"open_clip {_clip_term(target.cfg).model} image embedding, "
+        "mean pairwise 1 - cosine within a prompt",
+        "splits": {},
+        "grids": {},
+    }
+    for split in splits:
+        prompts = load_prompts(getattr(target.cfg.prompts, split), f"prompts.{split}")
+        images, rows = ev.sample(prompts, per_prompt, seed)
+        result["splits"][split] = ev.score(images, rows, prompts)
+        pick = [i * per_prompt for i in range(min(len(prompts), 16))]
+        result["grids"][split] = (images[pick], [rows[i] for i in pick])
+    return result
+
+
+def print_table(result: dict) -> None:
+    print(f"\n{result['checkpoint']}  ({result['images_per_prompt']} images per prompt, "
+          f"seed {result['seed']})")
+    head = f"{'split':<6} {'images':>6} " + " ".join(f"{m:>15}" for m in METRICS)
+    print(head)
+    print("-" * len(head))
+    for split, r in result["splits"].items():
+        cells = " ".join(
+            f"{'-' if r[m] is None else format(r[m], '.4f'):>15}" for m in METRICS
+        )
+        print(f"{split:<6} {r['images']:>6} {cells}")
+
+
+def log_to_mlflow(target: Target, result: dict, out_dir: Path) -> str | None:
+    """Into the run that made the checkpoint, else a new evaluation run."""
+    from learner.grid import save_grid
+    from learner.tracking import Tracker
+
+    run_id = None
+    if target.run_dir is not None and (target.run_dir / "run.json").is_file():
+        run_id = json.loads((target.run_dir / "run.json").read_text()).get("mlflow_run_id")
+    tracker = Tracker(target.cfg, out_dir, f"eval-{target.label}", run_id)
+    metrics = {
+        f"eval_{split}_{m}": r[m]
+        for split, r in result["splits"].items()
+        for m in METRICS
+        if r[m] is not None
+    }
+    tracker.metrics(target.stage if target.stage is not None else 0, metrics)
+    for split, (images, captions) in result["grids"].items():
+        path = save_grid(images, captions, out_dir / f"eval_grid_{target.label}_{split}.png")
+        tracker.artifact(path, "eval")
+    tracker.finish()
+    return tracker.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m learner.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="RUN_DIR, STAGE_DIR or 'base'")
+    p.add_argument("--config", type=Path)
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
+    p.add_argument("--split", choices=["train", "test", "all"], default="all")
+    p.add_argument("--images-per-prompt", type=int, default=16)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", type=Path, help="write the numbers here")
+    p.add_argument("--no-mlflow", action="store_true")
+    args = p.parse_args(argv)
+    from configs.load import ConfigError
+    from diffusion.lora import LoraShapeError
+    from diffusion.pipeline import PipelineLoadError
+    from learner.prompts import PromptFileError
+    from rewards.scorers import RewardSetupError
+
+    if args.images_per_prompt < 1:
+        print(f"error: --images-per-prompt {args.images_per_prompt}: must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        target = resolve(args.checkpoint, args.config, args.overrides)
+        splits = ["train", "test"] if args.split == "all" else [args.split]
+        result = evaluate(target, splits, args.images_per_prompt, args.seed)
+    except (ConfigError, PromptFileError, PipelineLoadError, RewardSetupError, LoraShapeError,
+            checkpoint.CheckpointError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print_table(result)
+    out_dir = target.run_dir / "eval" if target.run_dir else Path(target.cfg.output_dir) / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not args.no_mlflow and target.cfg.logging.mlflow:
+        result["mlflow_run_id"] = log_to_mlflow(target, result, out_dir)
+    result.pop("grids")
+    text = json.dumps(result, indent=2)
+    json_path = args.json or out_dir / f"{target.label.replace('@', '_')}_{args.split}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(text)
+    print(f"\nwrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
