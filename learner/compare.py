@@ -66,7 +66,11 @@ def resolve_run(ref: str) -> Path:
 def load_run(path: Path) -> RunData:
     cfg = load_config(path / "config.yaml")
     metrics_path = path / "metrics.jsonl"
-    stages = [json.loads(x) for x in metrics_path.read_text().splitlines()] if metrics_path.is_file() else []
+    stages = (
+        [json.loads(x) for x in metrics_path.read_text().splitlines()]
+        if metrics_path.is_file()
+        else []
+    )
     evals = []
     for f in sorted((path / "eval").glob("*.json")) if (path / "eval").is_dir() else []:
         data = json.loads(f.read_text())
@@ -82,8 +86,11 @@ def _fmt(v) -> str:
 def write_table(runs: list[RunData], out: Path) -> Path:
     cols = ["clip_score", "bert_score", "diversity", "oracle_accuracy"]
     lines = ["# Run comparison", ""]
-    lines.append("| run | algorithm | seed | stages | images | final reward_mean | "
-                 + " | ".join(f"{s} {c}" for s in ("train", "test") for c in cols) + " |")
+    lines.append(
+        "| run | algorithm | seed | stages | images | final reward_mean | "
+        + " | ".join(f"{s} {c}" for s in ("train", "test") for c in cols)
+        + " |"
+    )
     lines.append("|" + "---|" * (6 + 2 * len(cols)))
     for r in runs:
         last = r.stages[-1] if r.stages else {}
@@ -96,10 +103,19 @@ def write_table(runs: list[RunData], out: Path) -> Path:
             f"| {r.label} | {r.algorithm} | {r.seed} | {len(r.stages)} | {int(images)} | "
             f"{_fmt(last.get('reward_mean'))} | " + " | ".join(cells) + " |"
         )
-    lines += ["", "Evaluation numbers come from `python -m learner.evaluate` (the run's last "
-              "evaluated checkpoint); `-` where a run was not evaluated or a metric does not "
-              "apply.", "", "![reward](reward.png)", "", "![evaluation](eval.png)", "",
-              "![side by side](side_by_side.png)", ""]
+    lines += [
+        "",
+        "Evaluation numbers come from `python -m learner.evaluate` (the run's last "
+        "evaluated checkpoint); `-` where a run was not evaluated or a metric does not "
+        "apply.",
+        "",
+        "![reward](reward.png)",
+        "",
+        "![evaluation](eval.png)",
+        "",
+        "![side by side](side_by_side.png)",
+        "",
+    ]
     path = out / "comparison.md"
     path.write_text("\n".join(lines))
     return path
@@ -128,9 +144,12 @@ def plot_eval(runs: list[RunData], out: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for r in runs:
         pts = sorted(
-            ((0 if e["stage"] is None else (e["stage"] + 1) * r.images_per_stage),
-             e["splits"]["test"])
-            for e in r.evals if "test" in e["splits"]
+            (
+                (0 if e["stage"] is None else (e["stage"] + 1) * r.images_per_stage),
+                e["splits"]["test"],
+            )
+            for e in r.evals
+            if "test" in e["splits"]
         )
         if not pts:
             continue
@@ -171,7 +190,9 @@ def side_by_side(runs: list[RunData], out: Path, n_prompts: int = 6, seed: int =
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m learner.compare", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m learner.compare", description=__doc__.split("\n")[0]
+    )
     p.add_argument("runs", nargs="+", help="run directories or MLflow run ids")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--no-images", action="store_true", help="skip the side-by-side grid")
@@ -188,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         side_by_side(runs, args.out)
     path = write_table(runs, args.out)
     print(path.read_text())
-    print(f"wrote {args.out}/comparison.md, reward.png, eval.png"
-          + ("" if args.no_images else ", side_by_side.png"))
+    print(
+        f"wrote {args.out}/comparison.md, reward.png, eval.png"
+        + ("" if args.no_images else ", side_by_side.png")
+    )
     return 0
 
 

@@ -172,15 +172,15 @@ def evaluate(target: Target, splits: list[str], per_prompt: int, seed: int) -> d
 
 
 def print_table(result: dict) -> None:
-    print(f"\n{result['checkpoint']}  ({result['images_per_prompt']} images per prompt, "
-          f"seed {result['seed']})")
+    print(
+        f"\n{result['checkpoint']}  ({result['images_per_prompt']} images per prompt, "
+        f"seed {result['seed']})"
+    )
     head = f"{'split':<6} {'images':>6} " + " ".join(f"{m:>15}" for m in METRICS)
     print(head)
     print("-" * len(head))
     for split, r in result["splits"].items():
-        cells = " ".join(
-            f"{'-' if r[m] is None else format(r[m], '.4f'):>15}" for m in METRICS
-        )
+        cells = " ".join(f"{'-' if r[m] is None else format(r[m], '.4f'):>15}" for m in METRICS)
         print(f"{split:<6} {r['images']:>6} {cells}")
 
 
@@ -208,7 +208,9 @@ def log_to_mlflow(target: Target, result: dict, out_dir: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m learner.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m learner.evaluate", description=__doc__.split("\n")[0]
+    )
     p.add_argument("--checkpoint", required=True, help="RUN_DIR, STAGE_DIR or 'base'")
     p.add_argument("--config", type=Path)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
@@ -231,8 +233,15 @@ def main(argv: list[str] | None = None) -> int:
         target = resolve(args.checkpoint, args.config, args.overrides)
         splits = ["train", "test"] if args.split == "all" else [args.split]
         result = evaluate(target, splits, args.images_per_prompt, args.seed)
-    except (ConfigError, PromptFileError, PipelineLoadError, RewardSetupError, LoraShapeError,
-            checkpoint.CheckpointError, ValueError) as exc:
+    except (
+        ConfigError,
+        PromptFileError,
+        PipelineLoadError,
+        RewardSetupError,
+        LoraShapeError,
+        checkpoint.CheckpointError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_table(result)
