@@ -1,0 +1,281 @@
+"""`python -m bench.stage`: where a stage's time goes, measured in one run.
+
+    python -m bench.stage [--config FILE] [--set KEY=VALUE ...] [--stages N] [--json OUT]
+                          [--doc docs/PERFORMANCE.md]
+
+Runs N stages of a preset on Ray and the same stages in one process without Ray, and
+prints per phase seconds and share of the stage, images per second, UNet evaluations made
+vs the formula (T - s) + K * s per trunk (x2 with CFG), the Ray / in-process ratio, the
+branch-batched sampler vs a per-branch loop of the same work, rollout throughput with 1 vs
+2 rollout actors, and the bytes the learner receives per stage (with the same at SD-1.4
+scale). The numbers go to --json and, with --doc, are appended to that Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configs.load import load_config
+from configs.schema import Config
+from diffusion.ddim import ddim_step_with_logprob
+from diffusion.pipeline import load_model
+from diffusion.sampler import (
+    SamplerSettings,
+    expected_evaluations,
+    guided_noise,
+    sample_branches,
+)
+
+PHASES = ("weight_sync", "rollout", "reward", "select", "update", "log_checkpoint")
+
+
+def ray_stages(cfg: Config, stages: int, tmp: Path) -> list[dict]:
+    """Run stages through the real driver; return each stage's metrics."""
+    import ray
+
+    from learner import checkpoint
+    from learner.driver import Cluster, StageRunner
+    from learner.prompts import load_prompts
+    from learner.run import connect
+    from learner.tracking import Tracker
+
+    connect(cfg)
+    cluster = Cluster(cfg)
+    runner = StageRunner(cfg, cluster, load_prompts(cfg.prompts.train))
+    tracker = Tracker(
+        cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": False})}),
+        tmp,
+        "bench",
+    )
+    out = []
+    try:
+        for stage in range(stages):
+            t0 = time.perf_counter()
+            m = runner.run(stage, want_grid=False)
+            t1 = time.perf_counter()
+            checkpoint.save(tmp, ray.get(cluster.learner.state.remote(stage, 0)))
+            tracker.metrics(stage, m.metrics)
+            m.metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
+            m.metrics["seconds_stage"] = time.perf_counter() - t0
+            out.append(m.metrics)
+    finally:
+        cluster.shutdown()
+    return out
+
+
+def inprocess_stages(cfg: Config, stages: int) -> list[float]:
+    """The same stages in this process, no Ray: seconds per stage."""
+    from learner.advantages import Advantages
+    from learner.prompts import load_prompts
+    from learner.stage import run_stage
+    from learner.update import PolicyTrainer
+    from rewards.composite import RewardModel
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    trainer = PolicyTrainer(load_model(cfg.model, torch.device("cpu")), cfg)
+    adv = Advantages(cfg.advantage)
+    reward = RewardModel(cfg.rewards)
+    prompts = load_prompts(cfg.prompts.train)
+    times = []
+    for stage in range(stages):
+        t0 = time.perf_counter()
+        run_stage(trainer, adv, reward, prompts, cfg, stage)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def per_branch_loop(model, prompts, settings: SamplerSettings, seed: int) -> None:
+    """The same work without branch batching: the trunk once, then each branch index in
+    its own pass over the trunks (what a loop over branches costs)."""
+    T, s = settings.num_steps, settings.split_step
+    model.scheduler.set_timesteps(T, device="cpu")
+    ts = model.scheduler.timesteps
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(prompts), *model.latent_shape, generator=g)
+    cond, uncond = model.encode_prompts(prompts), model.encode_prompts([""])
+
+    def step(lat, t):
+        outs = []
+        for lo in range(0, len(lat), settings.micro_batch):
+            xb = lat[lo : lo + settings.micro_batch]
+            eps = guided_noise(
+                model.unet,
+                xb,
+                t.expand(len(xb)),
+                cond[lo : lo + len(xb)],
+                uncond.expand(len(xb), -1, -1),
+                settings.guidance_scale,
+            )
+            outs.append(
+                ddim_step_with_logprob(
+                    model.scheduler,
+                    eps,
+                    t,
+                    xb,
+                    settings.eta,
+                    noise=torch.randn(xb.shape, generator=g),
+                )[0]
+            )
+        return torch.cat(outs)
+
+    for j in range(T - s):
+        x = step(x, ts[j])
+    for _ in range(settings.branches):
+        b = x.clone()
+        for j in range(T - s, T):
+            b = step(b, ts[j])
+        model.decode(b, settings.micro_batch)
+
+
+def sampler_ratio(cfg: Config, branches: int = 4) -> dict:
+    torch.set_num_threads(1)  # one rollout actor's share
+    model = load_model(cfg.model, torch.device("cpu"))
+    s = cfg.sampling
+    split = max(1, s.num_steps // 2)
+    settings = SamplerSettings(s.num_steps, split, branches, s.guidance_scale, s.eta, s.micro_batch)
+    trunks = max(1, min(cfg.sampling.trunks_per_stage, 8))
+    prompts = ["a red circle"] * trunks
+    sample_branches(model, prompts[:1], [0], settings, 0, 0)  # warm-up
+    t0 = time.perf_counter()
+    sample_branches(model, prompts, list(range(trunks)), settings, 0, 0)
+    batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    per_branch_loop(model, prompts, settings, 0)
+    looped = time.perf_counter() - t0
+    return {
+        "branches": branches,
+        "trunks": trunks,
+        "split_step": split,
+        "batched_s": batched,
+        "per_branch_loop_s": looped,
+        "speedup": looped / batched,
+    }
+
+
+def summarize(
+    cfg: Config, ray_m: list[dict], inproc: list[float], one_actor: list[dict], sampler: dict
+) -> dict:
+    last = ray_m[1:] or ray_m  # the first stage warms caches; report the rest
+    mean = {k: float(np.mean([m[k] for m in last])) for k in last[0]}
+    stage_s = mean["seconds_stage"]
+    phases = {p: mean.get(f"seconds_{p}", 0.0) for p in PHASES}
+    phases["other"] = max(0.0, stage_s - sum(phases.values()))
+    sync_bytes_per_row = mean["bytes_to_learner"] / max(1.0, mean["positives"] + mean["negatives"])
+    s_sd, k_sd = 17, 5  # mid-schedule interval of the SD-1.4 preset; K
+    sd_row = (s_sd + 1) * 4 * 64 * 64 * 2 + s_sd * 4
+    settings = SamplerSettings(
+        cfg.sampling.num_steps,
+        int(mean["split_step"]),
+        cfg.sampling.branches,
+        cfg.sampling.guidance_scale,
+        cfg.sampling.eta,
+        cfg.sampling.micro_batch,
+    )
+    formula = expected_evaluations(settings, cfg.sampling.trunks_per_stage)
+    inproc_s = float(np.mean(inproc[1:] or inproc))
+    two = mean["images"] / max(1e-9, mean["seconds_rollout"])
+    one = float(np.mean([m["images"] / m["seconds_rollout"] for m in (one_actor[1:] or one_actor)]))
+    return {
+        "stage_seconds": stage_s,
+        "phases_seconds": phases,
+        "phases_share": {p: v / stage_s for p, v in phases.items()},
+        "images_per_second": mean["images"] / stage_s,
+        "unet_evaluations": mean["unet_evaluations"],
+        "unet_evaluations_formula": formula
+        if int(mean["split_step"]) == settings.split_step
+        else None,
+        "ray_over_inprocess": stage_s / inproc_s,
+        "inprocess_stage_seconds": inproc_s,
+        "work_share": (phases["rollout"] + phases["reward"] + phases["update"]) / stage_s,
+        "branch_batching": sampler,
+        "rollout_images_per_second": {"1_actor": one, "2_actors": two, "ratio": two / one},
+        "bytes_to_learner_per_stage": mean["bytes_to_learner"],
+        "bytes_per_selected_row": sync_bytes_per_row,
+        "sd14_estimate_bytes_per_stage": {
+            "selected_rows_assumed": 2 * 256,
+            "bytes": 2 * 256 * sd_row,
+            "note": f"4x64x64 fp16 latents, interval {s_sd}, K={k_sd}, 256 trunks, "
+            "2 selected branches per trunk at most",
+        },
+    }
+
+
+def report(summary: dict) -> str:
+    lines = [
+        f"stage: {summary['stage_seconds']:.2f} s, {summary['images_per_second']:.1f} images/s"
+    ]
+    for p, v in summary["phases_seconds"].items():
+        lines.append(f"  {p:<15} {v:8.3f} s  {100 * summary['phases_share'][p]:5.1f} %")
+    lines += [
+        f"UNet evaluations: {summary['unet_evaluations']:.0f} made, "
+        f"{summary['unet_evaluations_formula']} by the formula",
+        f"Ray stage / in-process stage: {summary['ray_over_inprocess']:.3f} "
+        f"(in-process {summary['inprocess_stage_seconds']:.2f} s)",
+        f"sampling + reward + update share: {100 * summary['work_share']:.1f} %",
+        f"branch-batched vs per-branch loop (K={summary['branch_batching']['branches']}): "
+        f"{summary['branch_batching']['speedup']:.2f}x",
+        f"rollout images/s, 1 vs 2 actors: {summary['rollout_images_per_second']['1_actor']:.1f}"
+        f" vs {summary['rollout_images_per_second']['2_actors']:.1f}",
+        f"bytes to the learner per stage: {summary['bytes_to_learner_per_stage']:.0f} "
+        f"({summary['bytes_per_selected_row']:.0f} per selected trajectory); at SD-1.4 scale "
+        f"<= {summary['sd14_estimate_bytes_per_stage']['bytes'] / 1e6:.0f} MB",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.stage", description=__doc__.split("\n")[0])
+    p.add_argument("--config", type=Path)
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
+    p.add_argument("--stages", type=int, default=3)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--doc", type=Path, help="append the results to this Markdown file")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    tmp = Path(cfg.output_dir) / f"bench-{int(time.time())}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    ray_m = ray_stages(cfg, args.stages, tmp)
+    import ray
+
+    ray.shutdown()
+    one = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"rollout_actors": 1})})
+    one_m = ray_stages(one, min(2, args.stages), tmp / "one")
+    ray.shutdown()
+    inproc = inprocess_stages(cfg, args.stages)
+    sampler = sampler_ratio(cfg)
+    summary = summarize(cfg, ray_m, inproc, one_m, sampler)
+    command = "python -m bench.stage " + " ".join(argv if argv is not None else sys.argv[1:])
+    summary["meta"] = {
+        "command": command.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+    }
+    text = report(summary)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    if args.doc:
+        with open(args.doc, "a", encoding="utf-8") as f:
+            f.write(
+                f"\n### {summary['meta']['date']}: `{summary['meta']['command']}`\n\n"
+                f"Machine: {summary['meta']['machine']}, torch {summary['meta']['torch']}"
+                f"\n\n```\n{text}\n```\n"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
