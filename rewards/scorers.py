@@ -72,7 +72,7 @@ class ClipScore:
 
         arch = term.model or "ViT-H-14"
         ckpt = term.checkpoint
-        if arch == TOY_CLIP:
+        if arch == TOY_CLIP and open_clip.get_model_config(TOY_CLIP) is None:
             from toyworld.clip import register_toy_clip
 
             register_toy_clip()

@@ -1,0 +1,152 @@
+"""evaluate and compare on the tiny pipeline with a randomly initialised toy CLIP."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs.load import dump_config
+from configs.schema import Config
+from diffusion.pipeline import load_model
+from learner import checkpoint
+from learner.compare import main as compare_main
+from learner.evaluate import main as evaluate_main
+from learner.update import PolicyTrainer
+
+
+@pytest.fixture(scope="module")
+def toy_clip_registered(tmp_path_factory):
+    from toyworld.clip import register_toy_clip, toy_clip_config, write_config
+
+    directory = tmp_path_factory.mktemp("clip")
+    write_config(directory, toy_clip_config(vision_layers=1, text_layers=1))
+    register_toy_clip(directory)
+    return directory
+
+
+def _cfg(tiny_pipeline_dir, tmp_path, seed=0) -> Config:
+    return Config.model_validate(
+        {
+            "seed": seed,
+            "stages": 1,
+            "output_dir": str(tmp_path),
+            "model": {"pretrained": tiny_pipeline_dir, "device": "cpu"},
+            "sampling": {"num_steps": 4, "branches": 2, "trunks_per_stage": 2, "micro_batch": 16},
+            "schedule": {"kind": "constant", "start": 2, "end": 2},
+            "prompts": {
+                "train": "toyworld/prompts/binding_train.txt",
+                "test": "toyworld/prompts/binding_test.txt",
+            },
+            "rewards": [{"name": "clip_score", "model": "toy-clip"}],
+            "logging": {"mlflow": False},
+        }
+    )
+
+
+def _fake_run(cfg: Config, name: str, shift: float):
+    """A run directory with one stage checkpoint whose LoRA is moved away from zero."""
+    run = tmp = Path(cfg.output_dir) / name
+    tmp.mkdir(parents=True)
+    (tmp / "config.yaml").write_text(dump_config(cfg))
+    trainer = PolicyTrainer(load_model(cfg.model), cfg)
+    g = torch.Generator().manual_seed(int(shift * 100))
+    trainer.load_weights(
+        {k: v + shift * torch.randn(v.shape, generator=g) for k, v in trainer.weights().items()}
+    )
+    from learner.advantages import Advantages
+
+    state = checkpoint.LearnerState(
+        0,
+        2,
+        1,
+        trainer.weights(),
+        trainer.optimizer.state_dict(),
+        Advantages(cfg.advantage).state_dict(),
+        torch.get_rng_state(),
+    )
+    checkpoint.save(tmp, state)
+    (tmp / "metrics.jsonl").write_text(
+        json.dumps({"step": 0, "images": 4, "reward_mean": shift}) + "\n"
+    )
+    return run
+
+
+def test_evaluate_base_and_checkpoint_and_compare(
+    toy_clip_registered, tiny_pipeline_dir, tmp_path, capsys
+):
+    cfg = _cfg(tiny_pipeline_dir, tmp_path)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    out1, out2 = tmp_path / "base1.json", tmp_path / "base2.json"
+    for out in (out1, out2):
+        torch.manual_seed(0)  # the test's toy CLIP is randomly initialised
+        assert (
+            evaluate_main(
+                [
+                    "--checkpoint",
+                    "base",
+                    "--config",
+                    str(cfg_path),
+                    "--images-per-prompt",
+                    "2",
+                    "--json",
+                    str(out),
+                ]
+            )
+            == 0
+        )
+    a, b = json.loads(out1.read_text()), json.loads(out2.read_text())
+    assert a["splits"] == b["splits"]  # same seed, same numbers
+    for split in ("train", "test"):
+        r = a["splits"][split]
+        for key in ("clip_score", "bert_score", "diversity", "oracle_accuracy"):
+            assert math.isfinite(r[key]), (split, key)
+            first = next(iter(r["per_prompt"].values()))
+            assert key in first
+        assert r["images"] == 2 * len(r["per_prompt"])
+    assert "open_clip toy-clip image embedding" in a["diversity_embedding"]
+
+    run_a = _fake_run(cfg, "run_a", 0.5)
+    torch.manual_seed(0)
+    assert (
+        evaluate_main(["--checkpoint", str(run_a), "--images-per-prompt", "2", "--split", "test"])
+        == 0
+    )
+    stage_dir = run_a / "stages" / "stage_0000"
+    torch.manual_seed(0)
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(stage_dir),
+                "--images-per-prompt",
+                "2",
+                "--split",
+                "test",
+                "--json",
+                str(tmp_path / "stage.json"),
+            ]
+        )
+        == 0
+    )
+    stage_json = json.loads((tmp_path / "stage.json").read_text())
+    assert stage_json["stage"] == 0
+    assert stage_json["splits"]["test"] != a["splits"]["test"]  # the LoRA changes the images
+    capsys.readouterr()
+
+    run_b = _fake_run(cfg, "run_b", 0.2)
+    out = tmp_path / "cmp"
+    assert compare_main([str(run_a), str(run_b), "--out", str(out)]) == 0
+    table = (out / "comparison.md").read_text()
+    assert "| run_a |" in table and "| run_b |" in table
+    for name in ("reward.png", "eval.png", "side_by_side.png"):
+        assert (out / name).stat().st_size > 1000, name
+
+
+def test_evaluate_refuses_bad_checkpoint(tmp_path, capsys):
+    assert evaluate_main(["--checkpoint", str(tmp_path)]) == 2
+    assert "neither 'base'" in capsys.readouterr().err
