@@ -114,7 +114,9 @@ class PromptsConfig(Section):
 
 
 class RewardTerm(Section):
-    name: Literal["clip_score", "bert_score", "oracle", "oracle_partial", "jpeg_compressibility"]
+    name: Literal[
+        "clip_score", "bert_score", "oracle", "oracle_partial", "jpeg_compressibility", "custom"
+    ]
     weight: float = 1.0
     model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
     checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")

@@ -164,7 +164,7 @@ class StageRunner:
         cfg: Config,
         cluster: Cluster,
         train_prompts: list[str],
-        on_submit: Callable[[int, int, object], None] | None = None,
+        on_submit: Callable[[str, int, int, object], None] | None = None,
     ):
         self.cfg = cfg
         self.cluster = cluster
@@ -172,7 +172,8 @@ class StageRunner:
         self.actor_version = [-1] * len(cluster.rollouts)
         self.alive = list(range(len(cluster.rollouts)))
         self.restarts = 0
-        self.on_submit = on_submit  # test hook: called after each rollout submission
+        # fault-injection hook for tests: ("rollout" | "reward", stage, chunk, actor)
+        self.on_submit = on_submit
 
     # -- weights -------------------------------------------------------------------------
     def publish(self) -> int:
@@ -301,7 +302,7 @@ class StageRunner:
                 )
                 pending_samples[info_ref] = (c, a, images_ref)
                 if self.on_submit is not None:
-                    self.on_submit(stage, c, self.cluster.rollouts[a])
+                    self.on_submit("rollout", stage, c, self.cluster.rollouts[a])
             ready, _ = ray.wait(list(pending_samples) + list(pending_rewards), num_returns=1)
             ref = ready[0]
             if ref in pending_samples:
@@ -328,6 +329,8 @@ class StageRunner:
                 r = self.cluster.rewards[next_reward % len(self.cluster.rewards)]
                 next_reward += 1
                 pending_rewards[r.score.remote(images_ref)] = (c, 0, images_ref)
+                if self.on_submit is not None:
+                    self.on_submit("reward", stage, c, r)
             else:
                 c, attempt, images_ref = pending_rewards.pop(ref)
                 try:

@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from learner.preflight import preflight
     from learner.prompts import PromptFileError
     from learner.run import ResumeError, execute, prepare
+    from learner.stage import NonFiniteReward
     from rewards.scorers import RewardSetupError
 
     user_errors = (
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         ResumeError,
         RuntimeSetupError,
         RewardFailure,
+        NonFiniteReward,
     )
     try:
         cfg = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -13,7 +14,7 @@ import ray
 
 from configs.load import dump_config, load_config
 from configs.schema import Config
-from diffusion.lora import export_lora
+from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint
 from learner.driver import Cluster, StageRunner
 from learner.grid import save_grid
@@ -29,15 +30,16 @@ class ResumeError(RuntimeError):
     """A run directory that cannot be resumed; str() is one line."""
 
 
-def connect(cfg: Config) -> None:
+def connect(cfg: Config) -> bool:
     """Join the cluster we run in (RAY_ADDRESS, `ray job submit`), else start one locally
-    on loopback with enough logical CPUs for the configured actors."""
+    on loopback with enough logical CPUs for the configured actors. True if this call
+    connected (and so should disconnect at the end)."""
     if ray.is_initialized():
-        return
+        return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
-        return
+        return True
     rt = cfg.runtime
     cpus = rt.rollout_actors * rt.rollout_cpus + rt.reward_actors * rt.reward_cpus + rt.learner_cpus
     ray.init(
@@ -49,6 +51,7 @@ def connect(cfg: Config) -> None:
         configure_logging=True,
         logging_level="warning",
     )
+    return True
 
 
 def _config_diff(a: Config, b: Config) -> str | None:
@@ -96,15 +99,27 @@ def execute(
     stop_after: int | None = None,
 ) -> dict:
     """Run (or continue) the stages. `stop_after` ends early after that stage (tests)."""
-    train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
     load_prompts(cfg.prompts.test, "prompts.test")
-    start_stage, state = 0, None
+    start_stage, state, last = 0, None, None
     if resuming:
         last = checkpoint.latest(run_dir)
         if last is not None:
             state = checkpoint.load(last)
             start_stage = state.stage + 1
-    connect(cfg)
+    started = connect(cfg)
+    try:
+        return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after)
+    except BaseException:
+        if not resuming and checkpoint.latest(run_dir) is None:
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written stays behind
+        raise
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> dict:
+    train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
     cluster = Cluster(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
@@ -115,7 +130,12 @@ def execute(
     info_path.write_text(json.dumps(info, indent=2))
     tracker.artifact(run_dir / "config.yaml")
     if state is not None:
-        ray.get(cluster.learner.restore.remote(state, str(last)))
+        try:
+            ray.get(cluster.learner.restore.remote(state, str(last)))
+        except ray.exceptions.RayTaskError as exc:
+            cluster.shutdown()
+            cause = getattr(exc, "cause", None)
+            raise (cause if isinstance(cause, LoraShapeError) else exc) from None
         print(f"resuming {run_dir} after stage {state.stage}", flush=True)
 
     runner = StageRunner(cfg, cluster, train_prompts, on_submit)

@@ -44,13 +44,17 @@ def stage_prompts(prompts: list[str], trunks: int, seed: int, stage: int) -> lis
     return pool[:trunks]
 
 
+class NonFiniteReward(ValueError):
+    """A scorer returned NaN or infinity; the run stops rather than train on it."""
+
+
 def check_rewards(rewards: np.ndarray, prompts: list[str]) -> np.ndarray:
     rewards = np.asarray(rewards, dtype=np.float64).reshape(-1)
     if rewards.shape[0] != len(prompts):
         raise ValueError(f"reward count {rewards.shape[0]} != image count {len(prompts)}")
     bad = np.flatnonzero(~np.isfinite(rewards))
     if bad.size:
-        raise ValueError(
+        raise NonFiniteReward(
             f"non-finite reward {rewards[bad[0]]} for prompt {prompts[bad[0]]!r} "
             f"({bad.size} of {len(prompts)} images); refusing to train on it"
         )

@@ -7,6 +7,7 @@ scorer(images uint8 [N, 3, H, W], prompts) -> float64 [N].
   prompt. Offline default: the bundled all-MiniLM-L6-v2 and the toy world's describer.
 - oracle / oracle_partial: the toy world's exact checker (1/0, or share of objects found).
 - jpeg_compressibility: DDPO's prompt-independent sanity reward (smaller JPEG is better).
+- custom: any function by import path (`model: package.module:function`).
 """
 
 from __future__ import annotations
@@ -188,7 +189,30 @@ class JpegCompressibility:
         return np.asarray(sizes, dtype=np.float64)
 
 
+class Custom:
+    """A user's scorer by import path, `model: package.module:function`; the function takes
+    (images uint8 [N, 3, H, W], prompts) and returns N rewards."""
+
+    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+        import importlib
+
+        module, sep, name = (term.model or "").partition(":")
+        if not sep or not module or not name:
+            raise RewardSetupError(
+                f"{_field(index, 'model')} = {term.model!r}: a custom scorer is named "
+                "'package.module:function'"
+            )
+        try:
+            self.fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError) as exc:
+            raise RewardSetupError(f"{_field(index, 'model')} = {term.model!r}: {exc}") from None
+
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+        return np.asarray(self.fn(images, list(prompts)), dtype=np.float64)
+
+
 SCORERS: dict[str, type] = {
+    "custom": Custom,
     "jpeg_compressibility": JpegCompressibility,
     "clip_score": ClipScore,
     "bert_score": BertScore,

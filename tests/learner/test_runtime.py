@@ -142,8 +142,8 @@ def test_killed_rollout_actor_mid_stage(reference_run, tiny_pipeline_dir, tmp_pa
     _, ref_dir, _ = reference_run
     killed = []
 
-    def kill_first_submission_of_stage_1(stage, chunk, actor):
-        if stage == 1 and not killed:
+    def kill_first_submission_of_stage_1(kind, stage, chunk, actor):
+        if kind == "rollout" and stage == 1 and not killed:
             killed.append(chunk)
             ray.kill(actor, no_restart=False)
 
@@ -154,4 +154,24 @@ def test_killed_rollout_actor_mid_stage(reference_run, tiny_pipeline_dir, tmp_pa
     got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert killed and got[1]["rollout_restarts"] >= 1
     assert all(g["images"] == 12 for g in got)  # every trajectory, despite the kill
+    assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
+
+
+def test_killed_reward_actor_mid_batch(reference_run, tiny_pipeline_dir, tmp_path):
+    _, ref_dir, _ = reference_run
+    killed = []
+
+    def kill_reward_actor_once(kind, stage, chunk, actor):
+        if kind == "reward" and stage == 1 and not killed:
+            killed.append(chunk)
+            ray.kill(actor, no_restart=False)
+
+    cfg, run_dir, resuming = prepare(
+        _cfg(tiny_pipeline_dir, tmp_path, run_name="rkill"), None, [], False
+    )
+    execute(cfg, run_dir, resuming, on_submit=kill_reward_actor_once)
+    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert killed
+    assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]  # rescored
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6

@@ -96,3 +96,24 @@ def test_resume_of_a_different_config_is_refused(base, tmp_path, capsys):
     )
     assert code == 2 and "differs from the given one at 'seed'" in err[0] and "--force" in err[0]
     assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_non_finite_reward_from_a_custom_scorer(base, tmp_path, capsys, monkeypatch):
+    (tmp_path / "my_scorers.py").write_text(
+        "import numpy as np\n"
+        "def broken(images, prompts):\n"
+        "    r = np.zeros(len(prompts)); r[-1] = float('nan'); return r\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the Ray workers import it too
+    data = {**base, "rewards": [{"name": "custom", "model": "my_scorers:broken"}]}
+    code, err = _run(["--config", str(_write(tmp_path, data))], capsys)
+    assert code == 2 and "non-finite reward nan for prompt" in err[-1], err
+    assert err[-1].startswith("error: ")
+    assert not any((tmp_path / "out").iterdir())  # the failed run left nothing behind
+
+
+def test_custom_scorer_path_must_be_importable(base, tmp_path, capsys):
+    data = {**base, "rewards": [{"name": "custom", "model": "no_such_module:fn"}]}
+    code, err = _run(["--config", str(_write(tmp_path, data))], capsys)
+    assert code == 2 and "rewards.0.model = 'no_such_module:fn'" in err[-1], err

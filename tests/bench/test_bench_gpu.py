@@ -1,0 +1,109 @@
+import json
+import time
+
+import pytest
+import torch
+
+from bench.gpu import (
+    RESULT_FILE,
+    SD15,
+    Budget,
+    build_networks,
+    count_flops,
+    largest_fitting,
+    main,
+    table,
+)
+
+
+def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, capsys):
+    threads = torch.get_num_threads()
+    t0 = time.perf_counter()
+    assert main(["--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 0
+    assert time.perf_counter() - t0 < 60
+    assert torch.get_num_threads() == threads  # restored after the one-thread CPU run
+
+    out = json.loads((tmp_path / RESULT_FILE).read_text())
+    for key in (
+        "images_per_second",
+        "unet_tflops",
+        "matmul_peak_tflops",
+        "peak_memory_bytes",
+        "max_micro_batch",
+    ):
+        assert key in out, key
+    assert out["images_per_second"]["float32"] > 0
+    assert out["unet_tflops"]["float32"] > 0
+    assert out["matmul_peak_tflops"]["float32"] > 0
+    assert out["peak_memory_bytes"] is None and out["max_micro_batch"] is None
+    assert out["errors"] == [] and out["skipped"] == []
+
+    samp = out["sampling"]["float32"]
+    assert samp["unet_evaluations"] == samp["unet_evaluations_formula"] > 0
+    assert samp["images"] == samp["trunks"] * samp["branches"]
+    assert samp["unet_flops_per_forward"] > 0 and samp["finite_latents"]
+    update = out["update"]
+    assert update["seconds"] > 0 and update["stats"]["optimizer_steps"] >= 1
+    assert update["selected_trajectories"] == 2 * samp["trunks"]  # best + worst per trunk
+
+    printed = capsys.readouterr().out.rstrip()
+    text = table(out).rstrip()
+    assert printed.endswith(text)
+    assert text.splitlines()[0].startswith("== bench.gpu results")
+    assert "images/s" in text and "matmul peak TFLOP/s" in text
+
+
+def _oom_above(limit: int):
+    def make(n: int):
+        def run() -> None:
+            if n > limit:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+
+        return run
+
+    return make
+
+
+def test_largest_fitting_doubles_then_bisects_to_the_limit():
+    far = time.perf_counter() + 60
+    res = largest_fitting(_oom_above(37), cap=256, deadline=far)
+    assert res["value"] == 37 and res["smallest_failing"] == 38
+    assert res["complete"] and not res["capped"] and res["stopped_by"] == "OutOfMemoryError"
+
+    capped = largest_fitting(_oom_above(10_000), cap=64, deadline=far)
+    assert capped["value"] == 64 and capped["capped"]
+
+    assert largest_fitting(_oom_above(0), cap=64, deadline=far)["value"] is None
+    late = largest_fitting(_oom_above(37), cap=256, deadline=time.perf_counter() - 1)
+    assert late["value"] is None and not late["complete"]
+
+
+def test_budget_skips_a_part_that_does_not_fit_and_keeps_errors():
+    budget = Budget(10, reserve=0)
+    assert budget.run("too long", 60, lambda: 1) is None
+    assert "too long: skipped" in budget.skipped[0]
+    assert budget.run("fails", 0, lambda: 1 / 0) is None
+    assert budget.errors[0].startswith("fails: ZeroDivisionError")
+    assert budget.run("fits", 0, lambda: 7) == 7
+
+
+def test_sd15_config_gives_stable_diffusion_1_5_parameter_counts():
+    with torch.device("meta"):  # shapes only: no memory, no init cost
+        unet, vae, text_encoder = build_networks(SD15)
+    assert sum(p.numel() for p in unet.parameters()) == 859_520_964
+    assert sum(p.numel() for p in vae.parameters()) == 83_653_863
+    assert sum(p.numel() for p in text_encoder.parameters()) == 123_060_480
+    assert unet.config.sample_size == 64 and vae.config.scaling_factor == 0.18215
+    # FLOPs of one latent through the UNet at 64 x 64 (CFG doubles it per image-step)
+    x = torch.zeros(2, 4, 64, 64, device="meta")
+    t = torch.full((2,), 501, dtype=torch.long, device="meta")
+    ctx = torch.zeros(2, 77, 768, device="meta")
+    with torch.no_grad():
+        flops = count_flops(lambda: unet(x, t, encoder_hidden_states=ctx))
+    assert flops / 2 == pytest.approx(0.803e12, rel=0.01)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_requested_without_a_gpu_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no CUDA GPU"):
+        main(["--out", str(tmp_path), "--device", "cuda"])
