@@ -33,6 +33,12 @@ def pick_device(name: str) -> torch.device:
 
 
 def _from_pretrained(source: str, cfg: ModelConfig, local_only: bool) -> DiffusionPipeline:
+    # per-component loading bars from every actor drown the stage progress lines
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     return DiffusionPipeline.from_pretrained(
         source,
         revision=cfg.revision,

@@ -150,3 +150,18 @@ def test_evaluate_base_and_checkpoint_and_compare(
 def test_evaluate_refuses_bad_checkpoint(tmp_path, capsys):
     assert evaluate_main(["--checkpoint", str(tmp_path)]) == 2
     assert "neither 'base'" in capsys.readouterr().err
+
+
+def test_lora_of_the_wrong_shape_is_refused(
+    toy_clip_registered, tiny_pipeline_dir, tmp_path, capsys
+):
+    cfg = _cfg(tiny_pipeline_dir, tmp_path)
+    run = _fake_run(cfg, "bad", 0.1)
+    stage = run / "stages" / "stage_0000"
+    state = checkpoint.load(stage)
+    name = next(iter(state.lora))
+    state.lora[name] = torch.zeros(7, 3)
+    checkpoint.save(run, state)
+    assert evaluate_main(["--checkpoint", str(run), "--split", "test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"LoRA tensor {name} has shape (7, 3)" in err[0], err
