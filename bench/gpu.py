@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -51,7 +51,7 @@ from configs.schema import Config
 from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import DiffusionModel, from_pipeline
 from diffusion.sampler import UNetCounter, expected_evaluations, guided_noise, sample_branches
-from diffusion.tiny import clip_tokenizer
+from diffusion.tiny import clip_tokenizer, sd_scheduler
 from diffusion.trajectory import TrajectoryBatch
 from learner.selection import select
 from learner.stage import sampler_settings
@@ -218,20 +218,6 @@ def build_networks(arch: Arch) -> tuple[UNet2DConditionModel, AutoencoderKL, CLI
         )
     )
     return unet, vae, text_encoder
-
-
-def sd_scheduler() -> DDIMScheduler:
-    """SD's scheduler config (scaled-linear betas 0.00085 -> 0.012, epsilon prediction)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
 
 
 def build_model(arch: Arch, device: torch.device, dtype: torch.dtype) -> DiffusionModel:

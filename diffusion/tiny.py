@@ -66,6 +66,20 @@ def _save(tok: CLIPTokenizer, path: Path) -> str:
     return str(path)
 
 
+def sd_scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:
+    """Stable Diffusion's DDIM scheduler config (scaled-linear betas 0.00085 -> 0.012)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+    )
+
+
 def tiny_pipeline(
     image_size: int = 32,
     unet_channels: tuple[int, ...] = (32, 64),
@@ -113,15 +127,7 @@ def tiny_pipeline(
             max_position_embeddings=max_length,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    scheduler = sd_scheduler(prediction_type)
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -58,9 +58,12 @@ def test_same_seed_same_samples_and_split_over_workers(tiny_model, tiny_cfg):
     )
     assert split.prompts == whole.prompts
     assert torch.equal(split.trunk_ids, whole.trunk_ids)
-    assert torch.equal(split.images, whole.images)
     # the noise is bit-identical; BLAS may round differently for another batch size, so the
-    # latents agree to float32 rounding (measured: 6e-7 of the largest value) and the images exactly
+    # latents agree to float32 rounding (measured: 6e-7 of the largest value) and the images
+    # to one intensity level where a value sits on a rounding edge. (The Ray runtime cuts a
+    # stage into tasks by the config alone, so there the samples are bit-identical.)
+    diff = (split.images.int() - whole.images.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
     scale = whole.chain.abs().max()
     assert (split.chain - whole.chain).abs().max() <= 1e-5 * scale
     assert torch.allclose(split.log_probs, whole.log_probs, atol=1e-6, rtol=0)
