@@ -1,0 +1,59 @@
+"""A micro build runs end to end and its outputs load; the report prints."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from configs.schema import ModelConfig
+from diffusion.pipeline import load_model
+from toyworld import build, report
+from toyworld.clip import ASSETS_DIR, CHECKPOINT_NAME, ToyClipScorer, register_toy_clip
+
+
+@pytest.fixture(scope="module")
+def micro_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toyworld") / "assets"
+    build.main(["--out", str(out), "--micro", "--quiet", "--seed", "3"])
+    yield out
+    register_toy_clip()  # later tests expect the shipped architecture under `toy-clip`
+
+
+def test_micro_build_writes_loadable_assets(micro_build):
+    out = micro_build
+    model = load_model(ModelConfig(pretrained=str(out / "pipeline"), device="cpu"))
+    assert model.latent_shape == (4, 16, 16)
+    scorer = ToyClipScorer(out / "clip")
+    scores = scorer.score(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), ["a red circle"] * 2)
+    assert scores.shape == (2,)
+    assert (out / "clip" / CHECKPOINT_NAME).is_file()
+    assert (out / "samples.png").is_file()
+    b = json.loads((out / "baselines.json").read_text())
+    assert b["seed"] == 3 and "--micro" in b["command"]
+    assert set(b["pipeline"]) == {"train", "test"}
+    for key in ("top1", "hard_negatives"):
+        assert key in b["clip"]
+    assert (out / "BUILD.md").read_text().startswith("# Toy world build record")
+
+
+def test_micro_build_text_encoder_is_the_clip_text_tower(micro_build):
+    from safetensors.torch import load_file
+
+    clip = load_file(str(micro_build / "clip" / CHECKPOINT_NAME))
+    model = load_model(ModelConfig(pretrained=str(micro_build / "pipeline"), device="cpu"))
+    emb = model.text_encoder.get_input_embeddings().weight
+    assert torch.equal(emb, clip["token_embedding.weight"].float())
+
+
+def test_report_prints_a_table(micro_build, capsys, tmp_path):
+    report.main(["--dir", str(micro_build), "--json", str(tmp_path / "r.json")])
+    text = capsys.readouterr().out
+    assert "exact" in text and "CLIP top-1" in text
+    assert json.loads((tmp_path / "r.json").read_text())["baselines"]["seed"] == 3
+
+
+def test_report_of_the_shipped_assets_prints(capsys):
+    report.main(["--dir", str(ASSETS_DIR)])
+    assert "pipeline, train prompts" in capsys.readouterr().out

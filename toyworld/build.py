@@ -1,0 +1,295 @@
+"""Build the toy world's models and measure them: the assets `python -m learner.main` uses.
+
+    python -m toyworld.build [--out DIR] [--seed N] [--micro] [--threads N]
+
+1. the toy CLIP, on renders of every caption -> DIR/clip/toy-clip.json + toy_clip.safetensors;
+2. renders of the pretraining captions (toyworld.prompts.pretraining_captions), the VAE,
+   then the UNet on its latents with the CLIP's text tower as the frozen text encoder
+   (as Stable Diffusion's is a CLIP text tower) -> DIR/pipeline (diffusers);
+4. baselines (checker accuracy of the pipeline under the default preset's sampler, CLIP
+   retrieval and agreement with the checker) -> DIR/baselines.json and DIR/BUILD.md;
+5. a picture of samples -> docs/toyworld_samples.png (DIR/samples.png for another DIR).
+Same seed, same machine and thread count: the same assets. `--micro` builds tiny models
+with a few steps each (for the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from safetensors.torch import load_file, save_file
+
+from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
+from configs.schema import ModelConfig
+from diffusion.pipeline import load_model
+from diffusion.tiny import clip_tokenizer
+from toyworld import models
+from toyworld.baselines import clip_agreement, clip_retrieval
+from toyworld.checker import check_batch
+from toyworld.clip import (
+    ARCH,
+    ASSETS_DIR,
+    CHECKPOINT_NAME,
+    ToyClipScorer,
+    register_toy_clip,
+    toy_clip_config,
+    write_config,
+)
+from toyworld.evaluate import sample_and_check
+from toyworld.grid import sample_grid
+from toyworld.prompts import load_prompts, pretraining_captions, prompt_file
+from toyworld.render import make_dataset
+from toyworld.report import write_build_md
+from toyworld.train_clip import ClipTraining, RenderPool, train_clip
+from toyworld.train_unet import UnetTraining, train_unet
+from toyworld.train_vae import (
+    VaeTraining,
+    encode_moments,
+    reconstruct,
+    set_scaling_factor,
+    train_vae,
+)
+
+DEFAULT_GRID = PROJECT_ROOT / "docs" / "toyworld_samples.png"
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    pipeline: models.PipelineSize = models.PipelineSize()
+    clip_arch: dict = field(default_factory=toy_clip_config)
+    images_per_caption: int = 48
+    vae: VaeTraining = VaeTraining()
+    unet: UnetTraining = UnetTraining()
+    clip: ClipTraining = ClipTraining()
+    eval_images: int = 520  # per split: 26 per prompt of a 20-prompt set
+    retrieval_renders: int = 700
+    grid_images: int = 40
+
+    def __post_init__(self) -> None:
+        text = self.clip_arch["text_cfg"]
+        shared = (text["width"], text["layers"], text["context_length"])
+        wanted = (self.pipeline.text_width, self.pipeline.text_layers, self.pipeline.max_length)
+        if shared != wanted:
+            raise ValueError(
+                f"the pipeline's text encoder is the CLIP text tower: (width, layers, context) "
+                f"{wanted} != CLIP {shared}"
+            )
+
+
+FULL = BuildSettings()
+MICRO = BuildSettings(
+    pipeline=models.MICRO,
+    clip_arch=toy_clip_config(
+        embed_dim=16, vision_width=16, vision_layers=1, text_width=16, text_layers=1
+    ),
+    images_per_caption=1,
+    vae=VaeTraining(steps=3, batch_size=8),
+    unet=UnetTraining(steps=3, batch_size=8),
+    clip=ClipTraining(steps=3, anchors=8, renders_per_spec=1),
+    eval_images=8,
+    retrieval_renders=16,
+    grid_images=8,
+)
+
+
+def _seconds(start: float) -> float:
+    return round(time.perf_counter() - start, 1)
+
+
+def build_pipeline(out: Path, s: BuildSettings, seed: int, progress: bool) -> dict:
+    """VAE, then the UNet on its latents, with the toy CLIP's text tower (already built in
+    out/clip) as the frozen text encoder."""
+    times, stats = {}, {}
+    t = time.perf_counter()
+    captions = pretraining_captions()
+    images, labels = make_dataset(captions, s.images_per_caption, seed=seed)
+    times["data"] = _seconds(t)
+
+    t = time.perf_counter()
+    torch.manual_seed(seed)
+    vae = models.build_vae(s.pipeline)
+    stats.update(train_vae(vae, images, s.vae, seed=seed + 1, progress=progress))
+    mean, _ = encode_moments(vae, images)
+    stats["scaling_factor"] = set_scaling_factor(vae, mean)
+    stats["latent_channel_mean"] = [round(float(v), 3) for v in mean.mean(dim=(0, 2, 3))]
+    check_images, check_labels = make_dataset(captions, 1, seed=seed + 7)
+    stats["vae_checker_accuracy"] = float(
+        check_batch(reconstruct(vae, check_images), check_labels)[0].mean()
+    )
+    times["vae"] = _seconds(t)
+
+    t = time.perf_counter()
+    torch.manual_seed(seed + 2)
+    unet = models.build_unet(s.pipeline)
+    clip_state = load_file(str(out / "clip" / CHECKPOINT_NAME))
+    text_encoder = models.text_encoder_from_clip(clip_state, s.pipeline)
+    tokenizer = clip_tokenizer(s.pipeline.max_length)
+    factor = stats["scaling_factor"]
+    unet, text_encoder, unet_stats = train_unet(
+        unet,
+        text_encoder,
+        tokenizer,
+        models.build_scheduler(),
+        mean * factor,
+        labels,
+        s.unet,
+        seed=seed + 2,
+        progress=progress,
+    )
+    stats.update(unet_stats)
+    times["unet"] = _seconds(t)
+    pipe = models.assemble(vae, unet, text_encoder, s.pipeline.max_length)
+    pipe.save_pretrained(str(out / "pipeline"), safe_serialization=True)
+    stats["parameters"] = {
+        "vae": models.parameter_count(vae),
+        "unet": models.parameter_count(unet),
+        "text_encoder": models.parameter_count(text_encoder),
+    }
+    stats["training_images"] = len(images)
+    stats["captions"] = len(captions)
+    return {"times": times, "stats": stats}
+
+
+def build_clip(out: Path, s: BuildSettings, seed: int, progress: bool) -> dict:
+    t = time.perf_counter()
+    clip_dir = out / "clip"
+    write_config(clip_dir, s.clip_arch)
+    register_toy_clip(clip_dir)
+    torch.manual_seed(seed + 3)
+    model = open_clip.create_model(ARCH)
+    pool = RenderPool(s.clip.renders_per_spec, seed=seed + 4, progress=progress)
+    stats = train_clip(model, pool, s.clip, seed=seed + 5, progress=progress)
+    # half precision on disk halves the file (the 49,408-token embedding dominates);
+    # open_clip copies it into the float32 model on load
+    state = {k: v.detach().half().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(clip_dir / CHECKPOINT_NAME))
+    stats["parameters"] = sum(p.numel() for p in model.parameters())
+    return {"times": {"clip": _seconds(t)}, "stats": stats}
+
+
+def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) -> dict:
+    t = time.perf_counter()
+    preset = load_config(DEFAULT_PRESET)
+    sp = preset.sampling
+    model = load_model(ModelConfig(pretrained=str(out / "pipeline"), device="cpu"))
+    scorer = ToyClipScorer(out / "clip")
+    result = {
+        "sampler": {
+            "num_steps": sp.num_steps,
+            "guidance_scale": sp.guidance_scale,
+            "eta": sp.eta,
+            "images_per_split": s.eval_images,
+            "seed": seed,
+        },
+        "pipeline": {},
+        "agreement": {},
+    }
+    shown_images, shown_prompts, shown_correct = [], [], []
+    for split in ("train", "test"):
+        prompts = load_prompts(prompt_file("all", split))
+        samples = sample_and_check(
+            model,
+            prompts,
+            s.eval_images,
+            sp.num_steps,
+            sp.guidance_scale,
+            seed,
+            eta=sp.eta,
+            progress=progress,
+            desc=f"baseline {split}",
+        )
+        result["pipeline"][split] = samples.accuracy().as_dict()
+        result["agreement"][split] = clip_agreement(
+            scorer, samples.images, samples.prompts, samples.correct
+        )
+        k = s.grid_images // 2
+        shown_images.append(samples.images[:k].numpy())
+        shown_prompts += samples.prompts[:k]
+        shown_correct.append(samples.correct[:k])
+    result["clip"] = clip_retrieval(scorer, s.retrieval_renders, seed=seed + 6)
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    sample_grid(np.concatenate(shown_images), shown_prompts, np.concatenate(shown_correct)).save(
+        grid
+    )
+    result["grid"] = _shown(grid)
+    result["times"] = {"baselines": _seconds(t)}
+    return result
+
+
+def _shown(path: Path) -> str:
+    """A path for the record: relative to the project root when inside it."""
+    try:
+        return str(path.resolve().relative_to(PROJECT_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def asset_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def build(
+    out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path, command: str
+) -> dict:
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    clip = build_clip(out, settings, seed, progress)
+    pipe = build_pipeline(out, settings, seed, progress)
+    measured = measure(out, settings, seed, progress, grid)
+    times = {**pipe["times"], **clip["times"], **measured.pop("times")}
+    times["total"] = _seconds(start)
+    record = {
+        "command": command,
+        "seed": seed,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch_threads": torch.get_num_threads(),
+        **measured,
+        "training": {
+            "pipeline": pipe["stats"],
+            "clip": clip["stats"],
+            "settings": asdict(settings),
+        },
+        "times_s": times,
+    }
+    (out / "baselines.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    record["asset_bytes"] = asset_bytes(out)
+    (out / "baselines.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_build_md(out)
+    return record
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build the toy world's pipeline and CLIP.")
+    parser.add_argument("--out", type=Path, default=ASSETS_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--micro", action="store_true", help="tiny models, a few steps each")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--grid", type=Path, default=None, help="where to write the picture")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = args.out.resolve()
+    grid = args.grid or (DEFAULT_GRID if out == ASSETS_DIR.resolve() else out / "samples.png")
+    settings = MICRO if args.micro else FULL
+    command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    record = build(out, args.seed, settings, not args.quiet, grid, command.strip())
+    p = record["pipeline"]
+    print(
+        f"built {out} in {record['times_s']['total']:.0f} s, {record['asset_bytes'] / 1e6:.1f} MB;"
+        f" checker accuracy train {p['train']['correct']:.3f}, test {p['test']['correct']:.3f};"
+        f" CLIP retrieval {record['clip']['top1']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
