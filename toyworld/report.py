@@ -71,7 +71,7 @@ def rows(b: dict, rl: dict | None) -> list[tuple[str, str]]:
             )
         out.append(("RL check run", f"{rl['stages']} stages, {rl['seconds']['train']:.0f} s"))
     t = b["times_s"]
-    out.append(("build time", " | ".join(f"{k} {v:.0f} s" for k, v in t.items())))
+    out.append(("build time", ", ".join(f"{k} {v:.0f} s" for k, v in t.items())))
     out.append(("assets", f"{b['asset_bytes'] / 1e6:.1f} MB"))
     return out
 

@@ -138,22 +138,39 @@ def test_one_rollout_actor_gives_the_same_run(reference_run, tiny_pipeline_dir, 
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
-def test_killed_rollout_actor_mid_stage(reference_run, tiny_pipeline_dir, tmp_path):
-    _, ref_dir, _ = reference_run
-    killed = []
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_killed_rollout_actor_mid_stage(reference_run, tiny_pipeline_dir, tmp_path, seed):
+    """Kill at a random point: the seed picks the stage, the rollout submission and a delay
+    (0-300 ms after the task is sent, so the actor may be mid-sampling or already done)."""
+    import random
+    import threading
 
-    def kill_first_submission_of_stage_1(kind, stage, chunk, actor):
-        if kind == "rollout" and stage == 1 and not killed:
+    _, ref_dir, _ = reference_run
+    rng = random.Random(seed)
+    stage_to_hit, nth, delay = rng.randrange(3), rng.randrange(2), rng.uniform(0.0, 0.3)
+    seen, killed, timers = [], [], []
+
+    def kill_at_a_random_point(kind, stage, chunk, actor):
+        if kind != "rollout" or stage != stage_to_hit or killed:
+            return
+        seen.append(chunk)
+        if len(seen) == nth + 1:
             killed.append(chunk)
-            ray.kill(actor, no_restart=False)
+            timer = threading.Timer(delay, ray.kill, args=(actor,), kwargs={"no_restart": False})
+            timers.append(timer)
+            timer.start()
 
     cfg, run_dir, resuming = prepare(
-        _cfg(tiny_pipeline_dir, tmp_path, run_name="kill"), None, [], False
+        _cfg(tiny_pipeline_dir, tmp_path, run_name=f"kill{seed}"), None, [], False
     )
-    execute(cfg, run_dir, resuming, on_submit=kill_first_submission_of_stage_1)
+    execute(cfg, run_dir, resuming, on_submit=kill_at_a_random_point)
+    for timer in timers:
+        timer.join()
+    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert killed and got[1]["rollout_restarts"] >= 1
+    assert killed
     assert all(g["images"] == 12 for g in got)  # every trajectory, despite the kill
+    assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
