@@ -8,7 +8,8 @@ prints per phase seconds and share of the stage, images per second, UNet evaluat
 vs the formula (T - s) + K * s per trunk (x2 with CFG), the Ray / in-process ratio, the
 branch-batched sampler vs a per-branch loop of the same work, rollout throughput with 1 vs
 2 rollout actors, and the bytes the learner receives per stage (with the same at SD-1.4
-scale). The numbers go to --json and, with --doc, are appended to that Markdown file.
+scale). The numbers go to --json and, with --doc, to the end of the "Stage profile" section
+of that Markdown file.
 """
 
 from __future__ import annotations
@@ -35,6 +36,24 @@ from diffusion.sampler import (
     guided_noise,
     sample_branches,
 )
+
+SECTION = "## Stage profile (bench/stage.py)"
+
+
+def insert_into_section(doc: Path, heading: str, entry: str) -> None:
+    """Add `entry` at the end of the `heading` section of a Markdown file (before the next
+    `## ` heading), or at the end of the file when it has no such section."""
+    text = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        doc.write_text(text + entry, encoding="utf-8")
+        return
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    before = "".join(lines[:end]).rstrip("\n") + "\n"
+    after = "".join(lines[end:])
+    doc.write_text(before + entry + ("\n" + after if after else ""), encoding="utf-8")
+
 
 PHASES = ("weight_sync", "rollout", "reward", "select", "update", "log_checkpoint")
 
@@ -240,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--json", type=Path)
-    p.add_argument("--doc", type=Path, help="append the results to this Markdown file")
+    p.add_argument(
+        "--doc", type=Path, help="add the results to this Markdown file's Stage profile section"
+    )
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     tmp = Path(cfg.output_dir) / f"bench-{int(time.time())}"
@@ -268,12 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2))
     if args.doc:
-        with open(args.doc, "a", encoding="utf-8") as f:
-            f.write(
-                f"\n### {summary['meta']['date']}: `{summary['meta']['command']}`\n\n"
-                f"Machine: {summary['meta']['machine']}, torch {summary['meta']['torch']}"
-                f"\n\n```\n{text}\n```\n"
-            )
+        entry = (
+            f"\n### {summary['meta']['date']}: `{summary['meta']['command']}`\n\n"
+            f"Machine: {summary['meta']['machine']}, torch {summary['meta']['torch']}"
+            f"\n\n```\n{text}\n```\n"
+        )
+        insert_into_section(args.doc, SECTION, entry)
     return 0
 
 

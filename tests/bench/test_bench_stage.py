@@ -46,3 +46,18 @@ def test_bench_stage_reports_every_number(tiny_pipeline_dir, tmp_path, capsys):
     assert out["ray_over_inprocess"] > 0 and out["branch_batching"]["speedup"] > 0
     assert out["rollout_images_per_second"]["1_actor"] > 0
     assert "bench.stage" in doc.read_text()
+
+
+def test_results_go_into_the_stage_profile_section(tmp_path):
+    from bench.stage import SECTION, insert_into_section
+
+    doc = tmp_path / "P.md"
+    doc.write_text(f"# P\n\n{SECTION}\n\nintro\n\n## GPU\n\ngpu text\n")
+    insert_into_section(doc, SECTION, "\n### run 1\n")
+    insert_into_section(doc, SECTION, "\n### run 2\n")
+    text = doc.read_text()
+    assert text.index("intro") < text.index("### run 1") < text.index("### run 2")
+    assert text.index("### run 2") < text.index("## GPU") and text.endswith("gpu text\n")
+    other = tmp_path / "O.md"
+    insert_into_section(other, SECTION, "### run\n")  # no such section: appended
+    assert other.read_text() == "### run\n"
