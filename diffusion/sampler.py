@@ -13,7 +13,7 @@ depend on which worker runs it or with which other trunks.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -183,3 +183,28 @@ def expected_evaluations(settings: SamplerSettings, trunks: int) -> int:
     """UNet evaluations the method costs: per trunk (T - s) + K * s, x2 with CFG."""
     per_trunk = (settings.num_steps - settings.split_step) + settings.branches * settings.split_step
     return trunks * per_trunk * (1 if settings.guidance_scale == 1.0 else 2)
+
+
+def sample_images(
+    model: DiffusionModel,
+    prompts: list[str],
+    settings: SamplerSettings,
+    seed: int,
+    stage: int,
+    progress: bool = False,
+    desc: str = "sample",
+) -> torch.Tensor:
+    """Plain DDIM sampling (one branch, the whole trajectory) of one image per prompt, in
+    chunks of `settings.micro_batch`; image i's noise derives from (seed, stage, i), so two
+    models sampled with the same arguments start from the same noise (paired evaluation)."""
+    from tqdm import tqdm
+
+    plain = replace(settings, split_step=settings.num_steps, branches=1)
+    step = max(1, plain.micro_batch)
+    chunks = []
+    for lo in tqdm(range(0, len(prompts), step), desc=desc, disable=not progress, mininterval=2):
+        ids = list(range(lo, min(lo + step, len(prompts))))
+        chunks.append(
+            sample_branches(model, [prompts[i] for i in ids], ids, plain, seed, stage).images
+        )
+    return torch.cat(chunks)

@@ -27,7 +27,7 @@ from configs.load import load_config
 from configs.schema import Config, RewardTerm
 from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model
-from diffusion.sampler import SamplerSettings, sample_branches
+from diffusion.sampler import SamplerSettings, sample_images
 from learner import checkpoint
 from learner.prompts import load_prompts
 
@@ -102,15 +102,7 @@ class Evaluator:
             s.num_steps, s.num_steps, 1, s.guidance_scale, s.eta, s.micro_batch
         )
         rows = [p for p in prompts for _ in range(per_prompt)]
-        ids = list(range(len(rows)))  # trunk id = (prompt index, image index)
-        images = []
-        step = max(1, s.micro_batch)
-        for lo in range(0, len(rows), step):
-            batch = sample_branches(
-                self.model, rows[lo : lo + step], ids[lo : lo + step], settings, seed, EVAL_STAGE
-            )
-            images.append(batch.images)
-        return torch.cat(images), rows
+        return sample_images(self.model, rows, settings, seed, EVAL_STAGE), rows
 
     def score(self, images: torch.Tensor, rows: list[str], prompts: list[str]) -> dict:
         clip = self.clip(images, rows)

@@ -24,7 +24,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 from safetensors.torch import load_file, save_file
@@ -32,7 +31,8 @@ from safetensors.torch import load_file, save_file
 from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
 from configs.schema import ModelConfig
 from diffusion.pipeline import load_model
-from diffusion.tiny import clip_tokenizer
+from diffusion.tiny import clip_tokenizer, sd_scheduler
+from learner.grid import grid_image
 from toyworld import models
 from toyworld.baselines import clip_agreement, clip_retrieval
 from toyworld.checker import check_batch
@@ -46,7 +46,6 @@ from toyworld.clip import (
     write_config,
 )
 from toyworld.evaluate import sample_and_check
-from toyworld.grid import sample_grid
 from toyworld.prompts import load_prompts, pretraining_captions, prompt_file
 from toyworld.render import make_dataset
 from toyworld.report import write_build_md
@@ -139,7 +138,7 @@ def build_pipeline(out: Path, s: BuildSettings, seed: int, progress: bool) -> di
         unet,
         text_encoder,
         tokenizer,
-        models.build_scheduler(),
+        sd_scheduler(),
         mean * factor,
         labels,
         s.unet,
@@ -213,14 +212,12 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
             scorer, samples.images, samples.prompts, samples.correct
         )
         k = s.grid_images // 2
-        shown_images.append(samples.images[:k].numpy())
+        shown_images.append(samples.images[:k])
         shown_prompts += samples.prompts[:k]
-        shown_correct.append(samples.correct[:k])
+        shown_correct += samples.correct[:k].tolist()
     result["clip"] = clip_retrieval(scorer, s.retrieval_renders, seed=seed + 6)
     grid.parent.mkdir(parents=True, exist_ok=True)
-    sample_grid(np.concatenate(shown_images), shown_prompts, np.concatenate(shown_correct)).save(
-        grid
-    )
+    grid_image(torch.cat(shown_images), shown_prompts, correct=shown_correct).save(grid)
     result["grid"] = _shown(grid)
     result["times"] = {"baselines": _seconds(t)}
     return result

@@ -1,9 +1,8 @@
 """Checker accuracy of a diffusion model on a prompt set, with the project's own sampler.
 
-Images come from `diffusion.sampler.sample_branches` with one branch and the split step at
-the first step (plain DDIM sampling), noise seeded by (seed, EVAL_STAGE, image index), so
-two models measured with the same seed start from the same noise: a before / after
-comparison is paired.
+Images come from `diffusion.sampler.sample_images` (plain DDIM sampling), noise seeded by
+(seed, EVAL_STAGE, image index), so two models measured with the same seed start from the
+same noise: a before / after comparison is paired.
 """
 
 from __future__ import annotations
@@ -12,10 +11,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from diffusion.pipeline import DiffusionModel
-from diffusion.sampler import SamplerSettings, sample_branches
+from diffusion.sampler import SamplerSettings, sample_images
 from toyworld.checker import check_batch
 
 EVAL_STAGE = 1_000_003  # a stage number no training run reaches: its noise is never trained on
@@ -72,13 +70,6 @@ def sample_and_check(
         micro_batch=batch,
     )
     wanted = eval_prompts(prompts, images)
-    chunks = []
-    for lo in tqdm(range(0, images, batch), desc=desc, disable=not progress, mininterval=2):
-        ids = list(range(lo, min(lo + batch, images)))
-        out = sample_branches(
-            model, [wanted[i] for i in ids], ids, settings, seed=seed, stage=EVAL_STAGE
-        )
-        chunks.append(out.images)
-    imgs = torch.cat(chunks)
+    imgs = sample_images(model, wanted, settings, seed, EVAL_STAGE, progress, desc)
     correct, partial = check_batch(imgs.permute(0, 2, 3, 1).numpy(), wanted)
     return Samples(wanted, imgs, correct, partial)

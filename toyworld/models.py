@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusion.tiny import clip_tokenizer
+from diffusion.tiny import clip_tokenizer, sd_scheduler
 
 
 @dataclass(frozen=True)
@@ -81,19 +81,6 @@ def build_text_encoder(size: PipelineSize) -> CLIPTextModel:
     )
 
 
-def build_scheduler() -> DDIMScheduler:
-    """Stable Diffusion's noise schedule, as `diffusion.tiny.tiny_pipeline` configures it."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
-
-
 def assemble(
     vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, max_length: int
 ) -> StableDiffusionPipeline:
@@ -104,7 +91,7 @@ def assemble(
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(max_length),
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=sd_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

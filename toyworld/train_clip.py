@@ -33,7 +33,7 @@ from toyworld.scenes import (
     swap_colours,
 )
 from toyworld.scenes import scene_truth as truth_of
-from toyworld.train_vae import lr_at
+from toyworld.train_vae import lr_at, optimiser_step, smoothed
 
 # anchor forms: share of each in a batch
 FORM_WEIGHTS = {"single": 0.1, "counting": 0.15, "and": 0.25, "relation": 0.5}
@@ -210,12 +210,8 @@ def train_clip(
             col.masked_fill(other_true, float("-inf")), torch.arange(cfg.anchors)
         )
         loss = (loss_i2t + loss_t2i) / 2
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = float(loss.detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
+        optimiser_step(opt, loss, model.parameters())
+        running = smoothed(running, float(loss.detach()))
         if step % 25 == 0:
             bar.set_postfix(loss=f"{running:.3f}")
     model.eval()

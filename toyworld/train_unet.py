@@ -16,7 +16,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import CLIPTextModel
 
-from toyworld.train_vae import lr_at
+from toyworld.train_vae import lr_at, optimiser_step, smoothed
 
 
 @dataclass(frozen=True)
@@ -135,13 +135,9 @@ def train_unet(
         pred = unet(xt, t, encoder_hidden_states=cond).sample
         per_sample = ((pred - noise) ** 2).mean(dim=(1, 2, 3))
         loss = (weight[t] * per_sample).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        optimiser_step(opt, loss, params)
         ema.update(modules)
-        value = float(per_sample.mean().detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
+        running = smoothed(running, float(per_sample.mean().detach()))
         if step % 25 == 0:
             bar.set_postfix(mse=f"{running:.4f}")
     ema_unet = ema.shadow[0].to(memory_format=torch.contiguous_format)

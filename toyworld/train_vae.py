@@ -33,6 +33,19 @@ def to_model_space(images: np.ndarray) -> torch.Tensor:
     return x / 127.5 - 1.0
 
 
+def optimiser_step(opt: torch.optim.Optimizer, loss: torch.Tensor, params) -> None:
+    """zero_grad, backward, clip the gradient norm to 1, step: every toy trainer's update."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
+def smoothed(running: float | None, value: float) -> float:
+    """The progress bar's running loss: an exponential average (weight 0.02 on the new value)."""
+    return value if running is None else 0.98 * running + 0.02 * value
+
+
 def lr_at(step: int, steps: int, lr: float, warmup: int = 50) -> float:
     """Linear warm-up, then cosine decay to a tenth."""
     if step < warmup:
@@ -63,12 +76,8 @@ def train_vae(
         mse = torch.nn.functional.mse_loss(recon, x)
         kl = 0.5 * (posterior.mean**2 + posterior.var - 1 - posterior.logvar).mean()
         loss = mse + cfg.kl_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        mse = float(mse.detach())
-        running = mse if running is None else 0.98 * running + 0.02 * mse
+        optimiser_step(opt, loss, vae.parameters())
+        running = smoothed(running, float(mse.detach()))
         if step % 50 == 0:
             bar.set_postfix(mse=f"{running:.5f}")
     vae.to(memory_format=torch.contiguous_format).eval()
