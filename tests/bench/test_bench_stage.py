@@ -1,11 +1,13 @@
 import json
 
+import pytest
 import ray
 import yaml
 
 from bench.stage import main
 
 
+@pytest.mark.slow
 def test_bench_stage_reports_every_number(tiny_pipeline_dir, tmp_path, capsys):
     if ray.is_initialized():
         ray.shutdown()
