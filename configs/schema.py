@@ -88,6 +88,12 @@ class LossConfig(Section):
     pairwise_beta: float = Field(
         100.0, gt=0.0, description="Scale of the log-ratio margin in the pairwise loss."
     )
+    step_weight: Literal["none", "noise"] = Field(
+        "none",
+        description="'noise': a step whose log-prob reacts more strongly to the noise "
+        "prediction than the median step (|d mean/d eps| / std) has its loss term scaled "
+        "down by that excess, so one near-deterministic step cannot dominate the update.",
+    )
 
 
 class LoraConfig(Section):

@@ -18,15 +18,20 @@ def scaled_advantages(adv: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
 
 
 def ppo_clip(
-    log_prob: torch.Tensor, old_log_prob: torch.Tensor, adv: torch.Tensor, cfg: LossConfig
+    log_prob: torch.Tensor,
+    old_log_prob: torch.Tensor,
+    adv: torch.Tensor,
+    cfg: LossConfig,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """mean(max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)))."""
+    """mean(w * max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))), w = 1 by default."""
     a = scaled_advantages(adv, cfg)
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
     unclipped = -a * ratio
     clipped = -a * ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
+    per_row = torch.maximum(unclipped, clipped)
+    loss = (per_row if weight is None else per_row * weight).mean()
     return loss, _diagnostics(log_ratio, cfg)
 
 
@@ -36,6 +41,7 @@ def pairwise(
     log_prob_l: torch.Tensor,
     old_log_prob_l: torch.Tensor,
     cfg: LossConfig,
+    weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """DPO/D3PO-style: -log sigmoid(beta * (log-ratio of the best - log-ratio of the worst)).
 
@@ -44,7 +50,8 @@ def pairwise(
     """
     ratio_w = log_prob_w - old_log_prob_w
     ratio_l = log_prob_l - old_log_prob_l
-    loss = -F.logsigmoid(cfg.pairwise_beta * (ratio_w - ratio_l)).mean()
+    per_pair = -F.logsigmoid(cfg.pairwise_beta * (ratio_w - ratio_l))
+    loss = (per_pair if weight is None else per_pair * weight).mean()
     return loss, _diagnostics(torch.cat([ratio_w, ratio_l]), cfg)
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.ddim import ddim_step_with_logprob
+from diffusion.ddim import ddim_step_with_logprob, noise_step_weights
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed, guided_noise
@@ -123,6 +123,15 @@ class PolicyTrainer:
                 out[rows, j] = self._log_prob(batch, rows, steps, cond, uncond).cpu()
         return out
 
+    def step_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """The loss weight of each given timestep (loss.step_weight; scheduler timesteps set)."""
+        if self.cfg.loss.step_weight == "none":
+            return torch.ones(len(timesteps))
+        sched = self.model.scheduler
+        w = noise_step_weights(sched, self.cfg.sampling.eta)
+        index = {int(t): i for i, t in enumerate(sched.timesteps.tolist())}
+        return w[[index[int(t)] for t in timesteps.tolist()]]
+
     # -- update --------------------------------------------------------------------------
     def update(
         self, batch: TrajectoryBatch, advantages: np.ndarray, selection: Selection, stage: int
@@ -137,6 +146,7 @@ class PolicyTrainer:
         self.model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
         emb, uncond = self._embeddings(batch)
         adv_all = torch.as_tensor(advantages, dtype=torch.float32)
+        step_w = self.step_weights(batch.timesteps)  # per interval step
         s = batch.interval
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         sums: dict[str, float] = {}
@@ -157,13 +167,14 @@ class PolicyTrainer:
                         new = self._log_prob(batch, rows, steps, cond, uncond)
                         old = batch.log_probs[rows, steps].to(new.device)
                         terms.append((new, old, rows))
+                    w = step_w[steps].to(terms[0][0].device)
                     if pairwise:
                         (nw, ow, _), (nl, ol, _) = terms
-                        loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss)
+                        loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss, w)
                     else:
                         new, old, rows = terms[0]
                         loss, diag = losses.ppo_clip(
-                            new, old, adv_all[rows].to(new.device), cfg.loss
+                            new, old, adv_all[rows].to(new.device), cfg.loss, w
                         )
                     (loss / (s * accum)).backward()
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())

@@ -86,6 +86,9 @@ class BuildSettings:
 
 
 FULL = BuildSettings()
+# An experiment (docs/RESULTS.md): a VAE with two downsamplings (4 x 8 x 8 latents, a
+# quarter of the noise dimensions per step) and cross-attention at 8 x 8 and 4 x 4.
+LATENT8 = BuildSettings(pipeline=models.PipelineSize(vae_channels=(16, 32, 64), top_attention=True))
 MICRO = BuildSettings(
     pipeline=models.MICRO,
     clip_arch=toy_clip_config(
@@ -270,6 +273,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=ASSETS_DIR)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--micro", action="store_true", help="tiny models, a few steps each")
+    parser.add_argument(
+        "--latent-size",
+        type=int,
+        choices=(16, 8),
+        default=16,
+        help="latent side: 16 (the shipped world) or 8 (an experiment, docs/RESULTS.md)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--grid", type=Path, default=None, help="where to write the picture")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -277,7 +287,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
     grid = args.grid or (DEFAULT_GRID if out == ASSETS_DIR.resolve() else out / "samples.png")
-    settings = MICRO if args.micro else FULL
+    if args.micro and args.latent_size != 16:
+        raise SystemExit("--micro builds the 16 x 16 world only")
+    settings = MICRO if args.micro else (LATENT8 if args.latent_size == 8 else FULL)
     command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     record = build(out, args.seed, settings, not args.quiet, grid, command.strip())
     p = record["pipeline"]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from configs.load import DEFAULT_PRESET, load_config
+from diffusion.ddim import noise_step_weights
 from diffusion.pipeline import load_model
 from diffusion.sampler import sample_branches
 from learner.prompts import load_prompts
@@ -82,17 +83,32 @@ def measure(cfg, reward: str, batches: int) -> dict:
                 "cosine_between_batches": float(np.mean(pairs)),
             }
         )
-    total = [g.sum(0) for g in grads]
-    total_cos = [
-        _cos(total[a], total[b]) for a in range(len(total)) for b in range(a + 1, len(total))
+
+    def batch_cosine(vectors: list[torch.Tensor]) -> float:
+        n = len(vectors)
+        return float(
+            np.mean([_cos(vectors[a], vectors[b]) for a in range(n) for b in range(a + 1, n)])
+        )
+
+    # the first k steps together: what an update training steps [0, k) follows
+    first_steps = [
+        {"steps": k, "cosine_between_batches": batch_cosine([g[:k].sum(0) for g in grads])}
+        for k in range(1, grads[0].shape[0] + 1)
     ]
+    # each step weighted as loss.step_weight=noise weights it: the near-deterministic
+    # second-to-last step no longer dominates the sum
+    model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
+    weight = noise_step_weights(model.scheduler, cfg.sampling.eta)
+    weighted = batch_cosine([(g * weight[: g.shape[0], None]).sum(0) for g in grads])
     return {
         "reward": reward,
         "trunks": cfg.sampling.trunks_per_stage,
         "branches": K,
         "batches": info,
         "steps": steps,
-        "all_steps_cosine": float(np.mean(total_cos)),
+        "first_steps": first_steps,
+        "all_steps_cosine": first_steps[-1]["cosine_between_batches"],
+        "all_steps_noise_weighted_cosine": weighted,
     }
 
 
@@ -116,7 +132,17 @@ def main(argv: list[str] | None = None) -> None:
             f"step {s['step']:2d}: |grad| {s['grad_norm']:.3e}  "
             f"cosine between batches {s['cosine_between_batches']:+.3f}"
         )
+    print(
+        "steps [0, k) together, cosine between batches: "
+        + "  ".join(
+            f"k={f['steps']} {f['cosine_between_batches']:+.3f}" for f in result["first_steps"]
+        )
+    )
     print(f"all steps: cosine between batches {result['all_steps_cosine']:+.3f}")
+    print(
+        "all steps weighted as loss.step_weight=noise: cosine between batches "
+        f"{result['all_steps_noise_weighted_cosine']:+.3f}"
+    )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

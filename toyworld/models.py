@@ -28,6 +28,11 @@ class PipelineSize:
     text_width: int = 32  # also the UNet's cross_attention_dim
     text_layers: int = 2
     max_length: int = 16  # tokens; the longest toy caption needs 11
+    top_attention: bool = False  # cross-attention at the full latent resolution too
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae_channels) - 1)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,13 +59,14 @@ def build_vae(size: PipelineSize) -> AutoencoderKL:
 
 def build_unet(size: PipelineSize) -> UNet2DConditionModel:
     n = len(size.unet_channels)
+    top = "CrossAttn" if size.top_attention else ""
     return UNet2DConditionModel(
-        sample_size=size.image_size // 2 ** (len(size.vae_channels) - 1),
+        sample_size=size.latent_size,
         in_channels=4,
         out_channels=4,
         block_out_channels=size.unet_channels,
-        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
-        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        down_block_types=(top + "DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + (top + "UpBlock2D",),
         layers_per_block=size.unet_layers,
         cross_attention_dim=size.text_width,
         attention_head_dim=size.attention_head_dim,

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -87,3 +89,45 @@ def test_non_finite_reward_is_refused_with_the_prompt(tiny_model, tiny_cfg):
 
     with pytest.raises(ValueError, match="non-finite reward .* for prompt"):
         run_stage(trainer, Advantages(tiny_cfg.advantage), broken, ["a red circle"], tiny_cfg, 0)
+
+
+def test_weighted_losses_scale_each_term():
+    from configs.schema import LossConfig
+    from learner import losses
+
+    cfg = LossConfig()
+    new = torch.tensor([0.01, -0.02, 0.03], requires_grad=True)
+    old = torch.zeros(3)
+    adv = torch.tensor([1.0, -2.0, 0.5])
+    w = torch.tensor([1.0, 0.0, 0.25])
+    loss, _ = losses.ppo_clip(new, old, adv, cfg, w)
+    per_row = -adv * torch.exp(new)  # no term is clipped at these ratios
+    assert float(loss.detach()) == pytest.approx(float((w * per_row).mean().detach()), rel=1e-6)
+    loss.backward()
+    assert new.grad[1] == 0  # a zero weight removes the term's gradient
+    unweighted, _ = losses.pairwise(new[:1], old[:1], new[1:2], old[1:2], cfg)
+    weighted, _ = losses.pairwise(new[:1], old[:1], new[1:2], old[1:2], cfg, torch.tensor([0.5]))
+    assert float(weighted) == pytest.approx(0.5 * float(unweighted), rel=1e-6)
+
+
+def test_noise_step_weight_down_weights_the_near_deterministic_step(tiny_model, tiny_cfg):
+    from diffusion.ddim import noise_step_weights
+
+    cfg = tiny_cfg.model_copy(
+        update={"loss": tiny_cfg.loss.model_copy(update={"step_weight": "noise"})}
+    )
+    trainer = PolicyTrainer(tiny_model, cfg)
+    batch = sample_branches(
+        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 3), seed=3, stage=3
+    )
+    sched = tiny_model.scheduler
+    sched.set_timesteps(cfg.sampling.num_steps)
+    full = noise_step_weights(sched, cfg.sampling.eta)
+    s = batch.interval
+    assert trainer.step_weights(batch.timesteps).tolist() == full[-s:].tolist()
+    assert float(full.max()) == 1.0 and float(full.min()) < 1.0
+    plain = SimpleNamespace(cfg=tiny_cfg, model=tiny_model)  # loss.step_weight: none
+    assert PolicyTrainer.step_weights(plain, batch.timesteps).tolist() == [1.0] * s
+    # and an update under the weights still follows the advantage
+    before, after, stats = _one_update(trainer, batch, 0, 2.0)
+    assert stats.optimizer_steps == 1 and after.mean() > before.mean()

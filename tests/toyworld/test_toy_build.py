@@ -57,3 +57,21 @@ def test_report_prints_a_table(micro_build, capsys, tmp_path):
 def test_report_of_the_shipped_assets_prints(capsys):
     report.main(["--dir", str(ASSETS_DIR)])
     assert "pipeline, train prompts" in capsys.readouterr().out
+
+
+def test_latent8_world_shapes():
+    """The 8 x 8 experiment (--latent-size 8): the VAE halves twice, the UNet attends at both
+    levels, and the two fit together."""
+    import torch
+
+    from toyworld import models
+    from toyworld.build import LATENT8
+
+    size = LATENT8.pipeline
+    vae, unet = models.build_vae(size), models.build_unet(size)
+    with torch.no_grad():
+        latents = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+        assert tuple(latents.shape) == (1, 4, 8, 8) and size.latent_size == 8
+        out = unet(latents, 10, encoder_hidden_states=torch.zeros(1, 3, size.text_width)).sample
+    assert out.shape == latents.shape
+    assert unet.config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from configs.load import DEFAULT_PRESET, load_config
@@ -31,6 +32,12 @@ def test_grad_signal_reports_every_step(tmp_path):
     for s in r["steps"]:
         assert np.isfinite(s["grad_norm"]) and s["grad_norm"] > 0
         assert -1.0 <= s["cosine_between_batches"] <= 1.0
+    assert [f["steps"] for f in r["first_steps"]] == [1, 2, 3]
+    # the first step alone is the same vector as the per-step one
+    assert r["first_steps"][0]["cosine_between_batches"] == pytest.approx(
+        r["steps"][0]["cosine_between_batches"], abs=1e-6
+    )
+    assert r["all_steps_cosine"] == r["first_steps"][-1]["cosine_between_batches"]
 
 
 def test_brightness_reward_is_mean_intensity():
