@@ -12,7 +12,8 @@ runs the project's own code on it:
   2. per dtype (fp16, bf16): one UNet forward at the sampling batch (micro-batch x 2 for
      CFG), FLOPs counted with `FlopCounterMode`, timed -> UNet TFLOP/s; then branch sampling
      with `diffusion.sampler.sample_branches` (B trunks x K branches, 20 DDIM steps, CFG 5,
-     eta 1, 512 px) -> images per second and peak memory;
+     eta 1, 512 px) -> images per second and peak memory; then the same work as a loop
+     over branch indices (`bench.branching.per_branch_loop`) -> the branch-batching speedup;
   3. one `learner.update.PolicyTrainer.update` (LoRA rank 4, PPO-clip) on those trajectories;
   4. the largest micro-batch that fits: training forward + backward, and sampling (a
      guided UNet step plus the VAE decode of that many latents), by doubling then bisecting
@@ -47,6 +48,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from bench.branching import per_branch_loop
 from configs.schema import Config
 from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import DiffusionModel, from_pipeline
@@ -576,6 +578,20 @@ def sample_part(model: DiffusionModel, cfg: Config, budget: Budget) -> tuple[dic
             "finite_latents": bool(torch.isfinite(batch.chain[:, -1]).all()),
         }
     )
+    # the same work without branch batching: each branch index in its own pass
+    if budget.left() < 1.5 * sec + 5:
+        budget.skipped.append(
+            f"per-branch loop {dtype_name(model.dtype)}: skipped, needs ~{1.5 * sec + 5:.0f} s"
+        )
+        return out, batch
+    per_branch_loop(model, prompts, warm, seed=0)  # warm-up in the loop's batch shapes
+    sync(dev)
+    t0 = time.perf_counter()
+    per_branch_loop(model, prompts, settings, seed=0)
+    sync(dev)
+    looped = time.perf_counter() - t0
+    out["per_branch_loop_seconds"] = looped
+    out["branch_batching_speedup"] = looped / sec
     return out, batch
 
 
@@ -832,6 +848,10 @@ def table(result: dict) -> str:
             per("images_per_second"),
         ),
         row("sampling UNet TFLOP/s (effective)", per("sampling_unet_tflops")),
+        row(
+            f"branch-batched / per-branch loop (K={arch['branches']})",
+            per("branch_batching_speedup", ".3g"),
+        ),
         row(
             "sampling peak memory GiB",
             [_gib((samp.get(d) or {}).get("peak_memory_bytes")) for d in dtypes],

@@ -26,16 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.branching import per_branch_loop
 from configs.load import load_config
 from configs.schema import Config
-from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import load_model
-from diffusion.sampler import (
-    SamplerSettings,
-    expected_evaluations,
-    guided_noise,
-    sample_branches,
-)
+from diffusion.sampler import SamplerSettings, expected_evaluations, sample_branches
 
 SECTION = "## Stage profile (bench/stage.py)"
 
@@ -111,50 +106,6 @@ def inprocess_stages(cfg: Config, stages: int) -> list[float]:
         run_stage(trainer, adv, reward, prompts, cfg, stage)
         times.append(time.perf_counter() - t0)
     return times
-
-
-@torch.no_grad()
-def per_branch_loop(model, prompts, settings: SamplerSettings, seed: int) -> None:
-    """The same work without branch batching: the trunk once, then each branch index in
-    its own pass over the trunks (what a loop over branches costs)."""
-    T, s = settings.num_steps, settings.split_step
-    model.scheduler.set_timesteps(T, device="cpu")
-    ts = model.scheduler.timesteps
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(len(prompts), *model.latent_shape, generator=g)
-    cond, uncond = model.encode_prompts(prompts), model.encode_prompts([""])
-
-    def step(lat, t):
-        outs = []
-        for lo in range(0, len(lat), settings.micro_batch):
-            xb = lat[lo : lo + settings.micro_batch]
-            eps = guided_noise(
-                model.unet,
-                xb,
-                t.expand(len(xb)),
-                cond[lo : lo + len(xb)],
-                uncond.expand(len(xb), -1, -1),
-                settings.guidance_scale,
-            )
-            outs.append(
-                ddim_step_with_logprob(
-                    model.scheduler,
-                    eps,
-                    t,
-                    xb,
-                    settings.eta,
-                    noise=torch.randn(xb.shape, generator=g),
-                )[0]
-            )
-        return torch.cat(outs)
-
-    for j in range(T - s):
-        x = step(x, ts[j])
-    for _ in range(settings.branches):
-        b = x.clone()
-        for j in range(T - s, T):
-            b = step(b, ts[j])
-        model.decode(b, settings.micro_batch)
 
 
 def sampler_ratio(cfg: Config, branches: int = 4) -> dict:

@@ -42,6 +42,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     assert samp["unet_evaluations"] == samp["unet_evaluations_formula"] > 0
     assert samp["images"] == samp["trunks"] * samp["branches"]
     assert samp["unet_flops_per_forward"] > 0 and samp["finite_latents"]
+    assert samp["per_branch_loop_seconds"] > 0 and samp["branch_batching_speedup"] > 0
     update = out["update"]
     assert update["seconds"] > 0 and update["stats"]["optimizer_steps"] >= 1
     assert update["selected_trajectories"] == 2 * samp["trunks"]  # best + worst per trunk
@@ -51,6 +52,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     assert printed.endswith(text)
     assert text.splitlines()[0].startswith("== bench.gpu results")
     assert "images/s" in text and "matmul peak TFLOP/s" in text
+    assert "branch-batched / per-branch loop" in text
 
 
 def _oom_above(limit: int):
