@@ -1,6 +1,6 @@
 """Is there a policy-gradient signal to follow? Measure it before tuning learning rates.
 
-    python -m toyworld.grad_signal [--config FILE] [--reward partial|clip|brightness]
+    python -m toyworld.grad_signal [--config FILE] [--reward partial|clip|brightness|darkness]
                                    [--trunks N] [--batches M] [--set dotted.key=value ...]
 
 Samples M independent batches (N trunks x K branches each, the whole trajectory as the
@@ -115,7 +115,9 @@ def measure(cfg, reward: str, batches: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Policy-gradient signal vs noise.")
     parser.add_argument("--config", type=Path, default=DEFAULT_PRESET)
-    parser.add_argument("--reward", choices=("partial", "clip", "brightness"), default="partial")
+    parser.add_argument(
+        "--reward", choices=("partial", "clip", "brightness", "darkness"), default="partial"
+    )
     parser.add_argument("--trunks", type=int, default=32)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

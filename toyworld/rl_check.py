@@ -1,13 +1,16 @@
 """Can RL move the toy world? Train in one process with the project's own stage, then
 measure the checker's accuracy on the train and held-out prompts before and after.
 
-    python -m toyworld.rl_check [--config FILE] [--stages N] [--reward clip|partial]
+    python -m toyworld.rl_check [--config FILE] [--stages N]
+                                [--reward clip|partial|brightness|darkness]
                                 [--images N] [--set dotted.key=value ...]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
 selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
 the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense partial
-credit (`partial`, a sanity check of the RL code: it should climb fast). Accuracy before and
+credit (`partial`); `brightness` (mean intensity) is the mechanics' own check and `darkness`
+(its negative) the control: a model that merely degrades towards blank images gains
+brightness too, but must lose darkness. Accuracy before and
 after uses the same noise seeds (paired); "before" reuses baselines.json when it measured
 the same thing. Results: DIR/rl_check.json (+ BUILD.md) for the default preset's assets.
 """
@@ -34,6 +37,7 @@ from learner.update import PolicyTrainer
 from toyworld.checker import check_batch
 from toyworld.clip import ASSETS_DIR, CLIP_DIR, ToyClipScorer
 from toyworld.evaluate import sample_and_check
+from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
 
@@ -44,10 +48,13 @@ def reward_function(name: str, cfg: Config):
             return check_batch(images.permute(0, 2, 3, 1).numpy(), prompts)[1].astype(float)
 
         return partial
-    if name == "brightness":  # trivially controllable: the mechanics' own sanity check
+    if name in ("brightness", "darkness"):  # trivially controllable: the mechanics' check
+        # darkness is the control: a model that merely degrades towards blank (white)
+        # images gains brightness too, but must lose darkness
+        sign = 1.0 if name == "brightness" else -1.0
 
         def brightness(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
-            return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
+            return sign * images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
 
         return brightness
     term = next((r for r in cfg.rewards if r.name == "clip_score"), None)
@@ -76,8 +83,14 @@ def reusable_before(cfg: Config, images: int, seed: int) -> dict | None:
         return None
     b = json.loads(path.read_text(encoding="utf-8"))
     sp, s = b["sampler"], cfg.sampling
+    # the baseline sampled the packaged "all" prompt sets
+    same_prompts = all(
+        load_prompts(getattr(cfg.prompts, split)) == load_prompts(prompt_file("all", split))
+        for split in ("train", "test")
+    )
     same = (
-        sp["num_steps"] == s.num_steps
+        same_prompts
+        and sp["num_steps"] == s.num_steps
         and sp["guidance_scale"] == s.guidance_scale
         and sp["eta"] == s.eta
         and sp["images_per_split"] == images
@@ -144,7 +157,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="In-process RL check on the toy world.")
     parser.add_argument("--config", type=Path, default=DEFAULT_PRESET)
     parser.add_argument("--stages", type=int, default=None)
-    parser.add_argument("--reward", choices=("clip", "partial", "brightness"), default="clip")
+    parser.add_argument(
+        "--reward", choices=("clip", "partial", "brightness", "darkness"), default="clip"
+    )
     parser.add_argument("--images", type=int, default=520, help="per split (default 520)")
     parser.add_argument("--eval-seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

@@ -46,6 +46,8 @@ def test_brightness_reward_is_mean_intensity():
     images = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
     images[1] = 255
     assert fn(images, ["a", "b"]).tolist() == [0.0, 1.0]
+    dark = rl_check.reward_function("darkness", cfg)
+    assert dark(images, ["a", "b"]).tolist() == [-0.0, -1.0]
 
 
 def test_rl_check_runs_two_tiny_stages(tmp_path):
@@ -69,3 +71,14 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
     assert len(r["per_stage"]) == 2
     for split in ("train", "test"):
         assert r["after"][split]["images"] == 4
+
+
+def test_recorded_baseline_is_reused_only_for_the_same_prompts():
+    cfg = load_config(DEFAULT_PRESET)
+    assert rl_check.reusable_before(cfg, 520, 0) is not None  # what the build measured
+    other = load_config(DEFAULT_PRESET, ["prompts.train=toyworld/prompts/binding_train.txt"])
+    assert rl_check.reusable_before(other, 520, 0) is None
+    assert (
+        rl_check.reusable_before(cfg, 64, 0) is None
+        and rl_check.reusable_before(cfg, 520, 1) is None
+    )
