@@ -107,7 +107,7 @@ def test_weighted_losses_scale_each_term():
     assert new.grad[1] == 0  # a zero weight removes the term's gradient
     unweighted, _ = losses.pairwise(new[:1], old[:1], new[1:2], old[1:2], cfg)
     weighted, _ = losses.pairwise(new[:1], old[:1], new[1:2], old[1:2], cfg, torch.tensor([0.5]))
-    assert float(weighted) == pytest.approx(0.5 * float(unweighted), rel=1e-6)
+    assert float(weighted.detach()) == pytest.approx(0.5 * float(unweighted.detach()), rel=1e-6)
 
 
 def test_noise_step_weight_down_weights_the_near_deterministic_step(tiny_model, tiny_cfg):
