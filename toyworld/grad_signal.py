@@ -34,7 +34,7 @@ from diffusion.sampler import sample_branches
 from learner.prompts import load_prompts
 from learner.stage import sampler_settings, stage_prompts
 from learner.update import PolicyTrainer
-from toyworld.rl_check import reward_function
+from toyworld.rl_check import REWARDS, reward_function
 
 
 def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -115,9 +115,7 @@ def measure(cfg, reward: str, batches: int) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Policy-gradient signal vs noise.")
     parser.add_argument("--config", type=Path, default=DEFAULT_PRESET)
-    parser.add_argument(
-        "--reward", choices=("partial", "clip", "brightness", "darkness"), default="partial"
-    )
+    parser.add_argument("--reward", choices=REWARDS, default="partial")
     parser.add_argument("--trunks", type=int, default=32)
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)

@@ -40,6 +40,8 @@ from toyworld.evaluate import sample_and_check
 from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
+REWARDS = ("clip", "partial", "brightness", "darkness")  # reward_function's names
+
 
 def reward_function(name: str, cfg: Config):
     if name == "partial":
@@ -157,9 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="In-process RL check on the toy world.")
     parser.add_argument("--config", type=Path, default=DEFAULT_PRESET)
     parser.add_argument("--stages", type=int, default=None)
-    parser.add_argument(
-        "--reward", choices=("clip", "partial", "brightness", "darkness"), default="clip"
-    )
+    parser.add_argument("--reward", choices=REWARDS, default="clip")
     parser.add_argument("--images", type=int, default=520, help="per split (default 520)")
     parser.add_argument("--eval-seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])

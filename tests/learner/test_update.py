@@ -38,6 +38,16 @@ def _one_update(trainer, batch, row, adv_value, cfg_loss="ppo_clip"):
     return before, after, stats
 
 
+def _one_trunk(tiny_model, tiny_cfg, stage, **loss):
+    """A trainer with these loss settings and one trunk of branches sampled at `stage`."""
+    cfg = tiny_cfg.model_copy(update={"loss": tiny_cfg.loss.model_copy(update=loss)})
+    trainer = PolicyTrainer(tiny_model, cfg)
+    batch = sample_branches(
+        tiny_model, ["a red circle"], [0], sampler_settings(cfg, stage), seed=3, stage=stage
+    )
+    return cfg, trainer, batch
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_ppo_update_moves_log_prob_with_the_advantage(trainer_and_batch, sign):
     trainer, batch = trainer_and_batch
@@ -47,13 +57,7 @@ def test_ppo_update_moves_log_prob_with_the_advantage(trainer_and_batch, sign):
 
 
 def test_pairwise_update_raises_best_and_lowers_worst(tiny_model, tiny_cfg):
-    cfg = tiny_cfg.model_copy(
-        update={"loss": tiny_cfg.loss.model_copy(update={"name": "pairwise"})}
-    )
-    trainer = PolicyTrainer(tiny_model, cfg)
-    batch = sample_branches(
-        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 0), seed=3, stage=0
-    )
+    _, trainer, batch = _one_trunk(tiny_model, tiny_cfg, stage=0, name="pairwise")
     before = trainer.log_probs(batch)
     sel = Selection(np.array([0, 2]), 1, 1, np.array([[0, 2]]))
     stats = trainer.update(batch, np.array([1.0, 0.0, -1.0]), sel, stage=0)
@@ -113,13 +117,7 @@ def test_weighted_losses_scale_each_term():
 def test_noise_step_weight_down_weights_the_near_deterministic_step(tiny_model, tiny_cfg):
     from diffusion.ddim import noise_step_weights
 
-    cfg = tiny_cfg.model_copy(
-        update={"loss": tiny_cfg.loss.model_copy(update={"step_weight": "noise"})}
-    )
-    trainer = PolicyTrainer(tiny_model, cfg)
-    batch = sample_branches(
-        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 3), seed=3, stage=3
-    )
+    cfg, trainer, batch = _one_trunk(tiny_model, tiny_cfg, stage=3, step_weight="noise")
     sched = tiny_model.scheduler
     sched.set_timesteps(cfg.sampling.num_steps)
     full = noise_step_weights(sched, cfg.sampling.eta)
