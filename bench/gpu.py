@@ -21,7 +21,8 @@ runs the project's own code on it:
 
 Each part checks the time left against --budget-s (default 420 s, counted after the
 imports, so that the whole run stays within 8 minutes on an H100) and is skipped with a note
-when it would not fit. The JSON goes to DIR/bench_gpu.json; a short table is printed last.
+when it would not fit. The JSON goes to DIR/bench_gpu.json, rewritten after every part
+(`complete` stays false until the end); a short table is printed last.
 Without a GPU (or with --device cpu) it runs a tiny pipeline-sized model in fp32 on the CPU
 with few steps; memory figures are then null.
 """
@@ -650,6 +651,16 @@ def update_part(
     return out, trainer
 
 
+def save(result: dict, out_dir: Path, complete: bool) -> Path:
+    """Write the JSON atomically; called after every part, so that a run cut short (a
+    killed job, a lost machine) still leaves the numbers it had measured."""
+    path = out_dir / RESULT_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**result, "complete": complete}, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
 def _per_dtype(parts: dict, key: str) -> dict:
     return {name: part.get(key) for name, part in parts.items() if part and key in part}
 
@@ -714,6 +725,7 @@ def run(args: argparse.Namespace) -> dict:
             ),
         )
     result["matmul"] = peaks
+    save(result, out_dir, complete=False)
 
     # 2. the model, then sampling per dtype
     model = budget.run(f"build {arch.name}", 30, lambda: build_model(arch, device, dtypes[0]))
@@ -733,6 +745,8 @@ def run(args: argparse.Namespace) -> dict:
                 sampling[name], batch_d = got
                 if dtype == train_dtype:
                     batch = batch_d
+            result["sampling"] = sampling
+            save(result, out_dir, complete=False)
     result["sampling"] = sampling
 
     # 3. one update step on the train dtype's trajectories
@@ -746,6 +760,7 @@ def run(args: argparse.Namespace) -> dict:
     elif model is not None:
         budget.skipped.append("update: no trajectories (sampling did not run)")
     result["update"] = update
+    save(result, out_dir, complete=False)
 
     # 4. largest micro-batch (CUDA only: the CPU has no memory limit to find)
     search = None
@@ -913,8 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     finally:
         torch.set_num_threads(threads)
-    path = Path(args.out) / RESULT_FILE
-    path.write_text(json.dumps(result, indent=2))
+    path = save(result, Path(args.out), complete=True)
     log(f"wrote {path}")
     print(table(result), flush=True)
     return 0

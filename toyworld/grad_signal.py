@@ -66,7 +66,7 @@ def measure(cfg, reward: str, batches: int) -> dict:
                 rows = torch.arange(lo, min(lo + cfg.sampling.micro_batch, len(batch)))
                 cond = torch.stack([emb[batch.prompts[i]] for i in rows.tolist()])
                 lp = trainer._log_prob(batch, rows, torch.full_like(rows, j), cond, uncond)
-                (-(adv_t[rows] * lp).sum()).backward()
+                (-(adv_t[rows].to(lp.device) * lp).sum()).backward()
             per_step.append(torch.cat([p.grad.flatten().clone() for p in trainer.params]))
         grads.append(torch.stack(per_step))
     steps = []

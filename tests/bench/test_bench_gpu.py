@@ -24,6 +24,8 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     assert torch.get_num_threads() == threads  # restored after the one-thread CPU run
 
     out = json.loads((tmp_path / RESULT_FILE).read_text())
+    assert out["complete"] is True  # the partial writes after each part were replaced
+    assert not list(tmp_path.glob("*.tmp"))
     for key in (
         "images_per_second",
         "unet_tflops",
@@ -109,3 +111,16 @@ def test_sd15_config_gives_stable_diffusion_1_5_parameter_counts():
 def test_cuda_requested_without_a_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="no CUDA GPU"):
         main(["--out", str(tmp_path), "--device", "cuda"])
+
+
+def test_partial_result_is_written_atomically(tmp_path):
+    """After each part the JSON so far is on disk, marked incomplete, so a run that is
+    killed (a lost machine, a job limit) still leaves what it measured."""
+    from bench.gpu import save
+
+    path = save({"matmul": {"float16": {"tflops": 1.0}}}, tmp_path, complete=False)
+    first = json.loads(path.read_text())
+    assert first == {"matmul": {"float16": {"tflops": 1.0}}, "complete": False}
+    save({**first, "sampling": {}}, tmp_path, complete=True)
+    assert json.loads(path.read_text())["complete"] is True
+    assert [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]
