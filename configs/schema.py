@@ -110,6 +110,12 @@ class TrainConfig(Section):
     epochs: int = Field(2, ge=1)
     batch_size: int = Field(8, ge=1, description="Trajectories per micro-batch.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    target_kl: float | None = Field(
+        None,
+        gt=0.0,
+        description="PPO early stopping: end a stage's update before an optimizer step whose "
+        "micro-batches' approx. KL to the sampling policy exceeds this. None: never.",
+    )
     shuffle_timesteps: bool = True
     lora: LoraConfig = LoraConfig()
 

@@ -34,6 +34,7 @@ class UpdateStats:
     grad_norm: float = 0.0
     optimizer_steps: int = 0
     samples: int = 0
+    kl_stopped: int = 0  # 1 when train.target_kl ended the update early
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -152,7 +153,11 @@ class PolicyTrainer:
         sums: dict[str, float] = {}
         n_terms, grad_norms = 0, []
         ratio_min, ratio_max = float("inf"), float("-inf")
+        target_kl = cfg.train.target_kl
+        step_kl, step_terms = 0.0, 0  # approx. KL of the terms since the last optimizer step
         for epoch in range(cfg.train.epochs):
+            if stats.kl_stopped:
+                break
             order, step_plan = self._plan(len(units), s, stage, epoch)
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             for b_idx, unit_idx in enumerate(batches):
@@ -183,7 +188,16 @@ class PolicyTrainer:
                     ratio_min = min(ratio_min, float(diag["ratio_min"]))
                     ratio_max = max(ratio_max, float(diag["ratio_max"]))
                     n_terms += 1
+                    step_kl += float(diag["approx_kl"])
+                    step_terms += 1
                 if (b_idx + 1) % accum == 0 or b_idx == len(batches) - 1:
+                    if target_kl is not None and step_kl / step_terms > target_kl:
+                        # the policy has already moved this far from the one that sampled
+                        # the batch: stop before the step (PPO early stopping)
+                        self.optimizer.zero_grad(set_to_none=True)
+                        stats.kl_stopped = 1
+                        break
+                    step_kl, step_terms = 0.0, 0
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
                     grad_norms.append(float(norm))
                     self.optimizer.step()
@@ -194,5 +208,5 @@ class PolicyTrainer:
         stats.clip_fraction = sums["clip_fraction"] / n_terms
         stats.ratio_mean = sums["ratio_mean"] / n_terms
         stats.ratio_min, stats.ratio_max = ratio_min, ratio_max
-        stats.grad_norm = float(np.mean(grad_norms))
+        stats.grad_norm = float(np.mean(grad_norms)) if grad_norms else 0.0
         return stats

@@ -2,7 +2,7 @@
 measure the checker's accuracy on the train and held-out prompts before and after.
 
     python -m toyworld.rl_check [--config FILE] [--stages N]
-                                [--reward clip|partial|brightness|darkness]
+                                [--reward clip|partial|brightness|darkness|random]
                                 [--images N] [--set dotted.key=value ...]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
@@ -10,7 +10,8 @@ selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. T
 the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense partial
 credit (`partial`); `brightness` (mean intensity) is the mechanics' own check and `darkness`
 (its negative) the control: a model that merely degrades towards blank images gains
-brightness too, but must lose darkness. Accuracy before and
+brightness too, but must lose darkness; `random` (uniform noise, independent of the image)
+shows what the updates do to the model with no signal to follow. Accuracy before and
 after uses the same noise seeds (paired); "before" reuses baselines.json when it measured
 the same thing. Results: DIR/rl_check.json (+ BUILD.md) for the default preset's assets.
 """
@@ -40,7 +41,7 @@ from toyworld.evaluate import sample_and_check
 from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
-REWARDS = ("clip", "partial", "brightness", "darkness")  # reward_function's names
+REWARDS = ("clip", "partial", "brightness", "darkness", "random")  # reward_function's names
 
 
 def reward_function(name: str, cfg: Config):
@@ -59,6 +60,13 @@ def reward_function(name: str, cfg: Config):
             return sign * images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
 
         return brightness
+    if name == "random":  # no signal at all: what the updates do to the model on their own
+        rng = np.random.default_rng(cfg.seed)
+
+        def random_reward(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+            return rng.random(len(images))
+
+        return random_reward
     term = next((r for r in cfg.rewards if r.name == "clip_score"), None)
     clip_dir = resolve_path(term.checkpoint).parent if term and term.checkpoint else CLIP_DIR
     return ToyClipScorer(clip_dir)

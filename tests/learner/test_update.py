@@ -129,3 +129,24 @@ def test_noise_step_weight_down_weights_the_near_deterministic_step(tiny_model, 
     # and an update under the weights still follows the advantage
     before, after, stats = _one_update(trainer, batch, 0, 2.0)
     assert stats.optimizer_steps == 1 and after.mean() > before.mean()
+
+
+@pytest.mark.parametrize("target_kl", [None, 1e-6])
+def test_target_kl_ends_the_update_before_the_policy_runs_away(tiny_model, tiny_cfg, target_kl):
+    """With a step size that moves the policy far, `train.target_kl` stops the stage's update
+    at the first optimizer step whose micro-batch is already past the target."""
+    train = tiny_cfg.train.model_copy(
+        update={"lr": 0.05, "batch_size": 1, "epochs": 2, "target_kl": target_kl}
+    )
+    cfg = tiny_cfg.model_copy(update={"train": train})
+    trainer = PolicyTrainer(tiny_model, cfg)
+    batch = sample_branches(
+        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 2), seed=3, stage=2
+    )
+    sel = Selection(np.array([0, 2]), 1, 1, np.zeros((0, 2), int))
+    stats = trainer.update(batch, np.array([1.0, 0.0, -1.0]), sel, stage=2)
+    if target_kl is None:  # 2 units x 2 epochs, one optimizer step each
+        assert stats.optimizer_steps == 4 and stats.kl_stopped == 0
+    else:  # the first micro-batch is on-policy (KL ~ 0); after one step of lr 0.05 it is not
+        assert stats.optimizer_steps == 1 and stats.kl_stopped == 1
+    assert np.isfinite(stats.loss) and stats.approx_kl >= 0

@@ -50,6 +50,16 @@ def test_brightness_reward_is_mean_intensity():
     assert dark(images, ["a", "b"]).tolist() == [-0.0, -1.0]
 
 
+def test_random_reward_ignores_the_image_and_repeats_per_seed():
+    cfg = load_config(DEFAULT_PRESET, TINY)
+    images = torch.zeros(64, 3, 4, 4, dtype=torch.uint8)
+    a, b = rl_check.reward_function("random", cfg), rl_check.reward_function("random", cfg)
+    first = a(images, ["x"] * 64)
+    assert first.tolist() == b(images, ["x"] * 64).tolist()  # same seed, same draws
+    assert 0.0 <= first.min() and first.max() < 1.0 and first.std() > 0.2
+    assert a(images, ["x"] * 64).tolist() != first.tolist()  # fresh draws per call
+
+
 def test_rl_check_runs_two_tiny_stages(tmp_path):
     out = tmp_path / "rl.json"
     rl_check.main(
