@@ -34,6 +34,7 @@ from diffusion.sampler import sample_branches
 from learner.prompts import load_prompts
 from learner.stage import sampler_settings, stage_prompts
 from learner.update import PolicyTrainer
+from toyworld.checker import check_batch
 from toyworld.rl_check import REWARDS, reward_function
 
 
@@ -41,7 +42,67 @@ def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x @ y) / (x.norm() * y.norm() + 1e-20))
 
 
-def measure(cfg, reward: str, batches: int) -> dict:
+def _evaluate(trainer, cfg, reward_fn, stage: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rewards and checker verdicts of a fixed set of full trajectories (noise from
+    (seed, stage, trunk), so every parameter setting sees the same noise)."""
+    settings = replace(sampler_settings(cfg, stage), split_step=cfg.sampling.num_steps)
+    prompts = load_prompts(cfg.prompts.train)
+    tp = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
+    with torch.no_grad():
+        batch = sample_branches(trainer.model, tp, list(range(len(tp))), settings, cfg.seed, stage)
+    r = np.asarray(reward_fn(batch.images, batch.prompts), dtype=float)
+    correct, _ = check_batch(batch.images.permute(0, 2, 3, 1).numpy(), batch.prompts)
+    return r, np.asarray(correct, dtype=float)
+
+
+def step_test(trainer, cfg, reward_fn, ascent: torch.Tensor, sizes: list[float]) -> list[dict]:
+    """Finite differences along the measured ascent direction and along a random one.
+
+    The parameters move to theta +- size * unit direction; the mean reward of one fixed set
+    of trajectories (fresh prompts and noise, paired across the settings) is compared. An
+    estimator that points uphill gives reward(+) > reward(-) for small sizes; the random
+    direction is the control (about 0)."""
+    params = trainer.params
+    theta = [p.detach().clone() for p in params]
+    gen = torch.Generator().manual_seed(cfg.seed + 7)
+    rand = torch.randn(ascent.shape, generator=gen) * (ascent != 0)  # the same subspace
+    eval_stage = 1000  # away from the measured batches' stages
+
+    def set_params(offset: torch.Tensor | None) -> None:
+        with torch.no_grad():
+            lo = 0
+            for p, t in zip(params, theta, strict=True):
+                n = p.numel()
+                p.copy_(t if offset is None else t + offset[lo : lo + n].view_as(p).to(p))
+                lo += n
+
+    out = []
+    for name, direction in (("ascent", ascent), ("random", rand)):
+        unit = direction / (direction.norm() + 1e-20)
+        for size in sizes:
+            res = {}
+            for sign in (1.0, -1.0):
+                set_params(sign * size * unit)
+                res[sign] = _evaluate(trainer, cfg, reward_fn, eval_stage)
+            set_params(None)
+            diff = res[1.0][0] - res[-1.0][0]
+            out.append(
+                {
+                    "direction": name,
+                    "size": size,
+                    "reward_plus": float(res[1.0][0].mean()),
+                    "reward_minus": float(res[-1.0][0].mean()),
+                    "reward_diff": float(diff.mean()),
+                    "reward_diff_se": float(diff.std() / np.sqrt(len(diff))),
+                    "correct_plus": float(res[1.0][1].mean()),
+                    "correct_minus": float(res[-1.0][1].mean()),
+                    "images": len(diff),
+                }
+            )
+    return out
+
+
+def measure(cfg, reward: str, batches: int, step_sizes: list[float] | None = None) -> dict:
     model = load_model(cfg.model)
     trainer = PolicyTrainer(model, cfg)
     prompts = load_prompts(cfg.prompts.train)
@@ -100,6 +161,11 @@ def measure(cfg, reward: str, batches: int) -> dict:
     model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
     weight = noise_step_weights(model.scheduler, cfg.sampling.eta)
     weighted = batch_cosine([(g * weight[: g.shape[0], None]).sum(0) for g in grads])
+    fd = None
+    if step_sizes:
+        # the update's direction: minus the loss gradient, all batches and steps as weighted
+        ascent = -sum((g * weight[: g.shape[0], None]).sum(0) for g in grads)
+        fd = step_test(trainer, cfg, reward_fn, ascent, step_sizes)
     return {
         "reward": reward,
         "trunks": cfg.sampling.trunks_per_stage,
@@ -109,6 +175,7 @@ def measure(cfg, reward: str, batches: int) -> dict:
         "first_steps": first_steps,
         "all_steps_cosine": first_steps[-1]["cosine_between_batches"],
         "all_steps_noise_weighted_cosine": weighted,
+        "step_test": fd,
     }
 
 
@@ -121,12 +188,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--step-test",
+        default="",
+        help="comma-separated parameter-space step sizes: finite differences of the reward "
+        "along the measured ascent direction and a random one",
+    )
     args = parser.parse_args(argv)
     if args.batches < 2:
         raise SystemExit("--batches must be at least 2 (the cosine compares batches)")
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config, [*args.overrides, f"sampling.trunks_per_stage={args.trunks}"])
-    result = measure(cfg, args.reward, args.batches)
+    sizes = [float(x) for x in args.step_test.split(",") if x.strip()]
+    result = measure(cfg, args.reward, args.batches, sizes)
     for s in result["steps"]:
         print(
             f"step {s['step']:2d}: |grad| {s['grad_norm']:.3e}  "
@@ -143,6 +217,13 @@ def main(argv: list[str] | None = None) -> None:
         "all steps weighted as loss.step_weight=noise: cosine between batches "
         f"{result['all_steps_noise_weighted_cosine']:+.3f}"
     )
+    for f in result["step_test"] or []:
+        print(
+            f"step {f['direction']:>6} size {f['size']:g}: reward {f['reward_minus']:.4f} (-) "
+            f"-> {f['reward_plus']:.4f} (+), diff {f['reward_diff']:+.4f} "
+            f"(se {f['reward_diff_se']:.4f}); exact {f['correct_minus']:.3f} -> "
+            f"{f['correct_plus']:.3f} ({f['images']} images)"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 

@@ -40,6 +40,29 @@ def test_grad_signal_reports_every_step(tmp_path):
     assert r["all_steps_cosine"] == r["first_steps"][-1]["cosine_between_batches"]
 
 
+def test_step_test_moves_the_lora_along_the_ascent_and_a_random_direction(tmp_path):
+    """Finite differences of the reward: size 0 changes nothing (paired noise, same
+    parameters), a step changes the images; the LoRA is put back afterwards."""
+    out = tmp_path / "g.json"
+    grad_signal.main(
+        ["--trunks", "2", "--batches", "2", "--reward", "brightness", "--json", str(out)]
+        + ["--step-test", "0,3"]
+        + [x for s in TINY for x in ("--set", s)]
+    )
+    fd = json.loads(out.read_text())["step_test"]
+    assert [(f["direction"], f["size"]) for f in fd] == [
+        ("ascent", 0.0),
+        ("ascent", 3.0),
+        ("random", 0.0),
+        ("random", 3.0),
+    ]
+    for f in fd:
+        assert f["images"] == 4 and np.isfinite(f["reward_diff"])
+        if f["size"] == 0.0:
+            assert f["reward_diff"] == 0.0 and f["reward_plus"] == f["reward_minus"]
+    assert any(f["reward_diff"] != 0.0 for f in fd if f["size"] > 0)
+
+
 def test_brightness_reward_is_mean_intensity():
     cfg = load_config(DEFAULT_PRESET, TINY)
     fn = rl_check.reward_function("brightness", cfg)
