@@ -730,6 +730,7 @@ def run(args: argparse.Namespace) -> dict:
     # 2. the model, then sampling per dtype
     model = budget.run(f"build {arch.name}", 30, lambda: build_model(arch, device, dtypes[0]))
     sampling: dict = {name: None for name in map(dtype_name, dtypes)}
+    result["sampling"] = sampling  # filled in place, saved after each dtype
     batch = None
     if model is not None:
         result["meta"]["parameters"] = {
@@ -745,9 +746,7 @@ def run(args: argparse.Namespace) -> dict:
                 sampling[name], batch_d = got
                 if dtype == train_dtype:
                     batch = batch_d
-            result["sampling"] = sampling
             save(result, out_dir, complete=False)
-    result["sampling"] = sampling
 
     # 3. one update step on the train dtype's trajectories
     update, trainer = None, None

@@ -1,7 +1,9 @@
 """Is there a policy-gradient signal to follow? Measure it before tuning learning rates.
 
-    python -m toyworld.grad_signal [--config FILE] [--reward partial|clip|brightness|darkness]
+    python -m toyworld.grad_signal [--config FILE]
+                                   [--reward partial|clip|brightness|darkness|random]
                                    [--trunks N] [--batches M] [--set dotted.key=value ...]
+                                   [--step-test SIZE,SIZE,...]
 
 Samples M independent batches (N trunks x K branches each, the whole trajectory as the
 interval), scores them, normalises rewards within each trunk, and computes the gradient
@@ -15,6 +17,10 @@ weights. Two numbers per step tell signal from noise:
 
 The score-function estimator's noise per sample scales with 1/sigma_t, so the last DDIM
 steps (smallest sigma) dominate the norm; see toyworld/README.md for what was measured.
+
+`--step-test` then checks the direction itself by finite differences: the LoRA moves by
++-size along the measured ascent (and along a random direction, the control), and one
+fixed set of fresh trajectories is scored at each setting (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -42,20 +48,27 @@ def _cos(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((x @ y) / (x.norm() * y.norm() + 1e-20))
 
 
-def _evaluate(trainer, cfg, reward_fn, stage: int) -> tuple[np.ndarray, np.ndarray]:
-    """Rewards and checker verdicts of a fixed set of full trajectories (noise from
-    (seed, stage, trunk), so every parameter setting sees the same noise)."""
+def _full_trajectories(trainer, cfg, prompts: list[str], stage: int):
+    """One stage's trunks x K branches with the whole trajectory as the interval (every
+    step is a branch step); noise from (seed, stage, trunk), so equal arguments give equal
+    noise whatever the parameters."""
     settings = replace(sampler_settings(cfg, stage), split_step=cfg.sampling.num_steps)
-    prompts = load_prompts(cfg.prompts.train)
     tp = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
     with torch.no_grad():
-        batch = sample_branches(trainer.model, tp, list(range(len(tp))), settings, cfg.seed, stage)
+        return sample_branches(trainer.model, tp, list(range(len(tp))), settings, cfg.seed, stage)
+
+
+def _evaluate(trainer, cfg, reward_fn, prompts: list[str], stage: int):
+    """Rewards and checker verdicts of one fixed set of full trajectories."""
+    batch = _full_trajectories(trainer, cfg, prompts, stage)
     r = np.asarray(reward_fn(batch.images, batch.prompts), dtype=float)
     correct, _ = check_batch(batch.images.permute(0, 2, 3, 1).numpy(), batch.prompts)
     return r, np.asarray(correct, dtype=float)
 
 
-def step_test(trainer, cfg, reward_fn, ascent: torch.Tensor, sizes: list[float]) -> list[dict]:
+def step_test(
+    trainer, cfg, reward_fn, prompts: list[str], ascent: torch.Tensor, sizes: list[float]
+) -> list[dict]:
     """Finite differences along the measured ascent direction and along a random one.
 
     The parameters move to theta +- size * unit direction; the mean reward of one fixed set
@@ -83,7 +96,7 @@ def step_test(trainer, cfg, reward_fn, ascent: torch.Tensor, sizes: list[float])
             res = {}
             for sign in (1.0, -1.0):
                 set_params(sign * size * unit)
-                res[sign] = _evaluate(trainer, cfg, reward_fn, eval_stage)
+                res[sign] = _evaluate(trainer, cfg, reward_fn, prompts, eval_stage)
             set_params(None)
             diff = res[1.0][0] - res[-1.0][0]
             out.append(
@@ -111,9 +124,7 @@ def measure(cfg, reward: str, batches: int, step_sizes: list[float] | None = Non
     grads, info = [], []
     for stage in range(batches):
         # the whole trajectory is the interval: every step's gradient is measured
-        settings = replace(sampler_settings(cfg, stage), split_step=cfg.sampling.num_steps)
-        tp = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
-        batch = sample_branches(trainer.model, tp, list(range(len(tp))), settings, cfg.seed, stage)
+        batch = _full_trajectories(trainer, cfg, prompts, stage)
         r = np.asarray(reward_fn(batch.images, batch.prompts), dtype=float).reshape(-1, K)
         adv = (r - r.mean(1, keepdims=True)) / (r.std(1, keepdims=True) + 1e-8)
         adv_t = torch.as_tensor(adv.reshape(-1), dtype=torch.float32)
@@ -160,12 +171,13 @@ def measure(cfg, reward: str, batches: int, step_sizes: list[float] | None = Non
     # second-to-last step no longer dominates the sum
     model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
     weight = noise_step_weights(model.scheduler, cfg.sampling.eta)
-    weighted = batch_cosine([(g * weight[: g.shape[0], None]).sum(0) for g in grads])
+    weighted_totals = [(g * weight[: g.shape[0], None]).sum(0) for g in grads]
+    weighted = batch_cosine(weighted_totals)
     fd = None
     if step_sizes:
         # the update's direction: minus the loss gradient, all batches and steps as weighted
-        ascent = -sum((g * weight[: g.shape[0], None]).sum(0) for g in grads)
-        fd = step_test(trainer, cfg, reward_fn, ascent, step_sizes)
+        ascent = -torch.stack(weighted_totals).sum(0)
+        fd = step_test(trainer, cfg, reward_fn, prompts, ascent, step_sizes)
     return {
         "reward": reward,
         "trunks": cfg.sampling.trunks_per_stage,

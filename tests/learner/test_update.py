@@ -38,9 +38,15 @@ def _one_update(trainer, batch, row, adv_value, cfg_loss="ppo_clip"):
     return before, after, stats
 
 
-def _one_trunk(tiny_model, tiny_cfg, stage, **loss):
-    """A trainer with these loss settings and one trunk of branches sampled at `stage`."""
-    cfg = tiny_cfg.model_copy(update={"loss": tiny_cfg.loss.model_copy(update=loss)})
+def _one_trunk(tiny_model, tiny_cfg, stage, train=None, **loss):
+    """A trainer with these loss (and train) settings and one trunk of branches sampled at
+    `stage`."""
+    cfg = tiny_cfg.model_copy(
+        update={
+            "loss": tiny_cfg.loss.model_copy(update=loss),
+            "train": tiny_cfg.train.model_copy(update=train or {}),
+        }
+    )
     trainer = PolicyTrainer(tiny_model, cfg)
     batch = sample_branches(
         tiny_model, ["a red circle"], [0], sampler_settings(cfg, stage), seed=3, stage=stage
@@ -135,14 +141,8 @@ def test_noise_step_weight_down_weights_the_near_deterministic_step(tiny_model, 
 def test_target_kl_ends_the_update_before_the_policy_runs_away(tiny_model, tiny_cfg, target_kl):
     """With a step size that moves the policy far, `train.target_kl` stops the stage's update
     at the first optimizer step whose micro-batch is already past the target."""
-    train = tiny_cfg.train.model_copy(
-        update={"lr": 0.05, "batch_size": 1, "epochs": 2, "target_kl": target_kl}
-    )
-    cfg = tiny_cfg.model_copy(update={"train": train})
-    trainer = PolicyTrainer(tiny_model, cfg)
-    batch = sample_branches(
-        tiny_model, ["a red circle"], [0], sampler_settings(cfg, 2), seed=3, stage=2
-    )
+    train = {"lr": 0.05, "batch_size": 1, "epochs": 2, "target_kl": target_kl}
+    _, trainer, batch = _one_trunk(tiny_model, tiny_cfg, stage=2, train=train)
     sel = Selection(np.array([0, 2]), 1, 1, np.zeros((0, 2), int))
     stats = trainer.update(batch, np.array([1.0, 0.0, -1.0]), sel, stage=2)
     if target_kl is None:  # 2 units x 2 epochs, one optimizer step each

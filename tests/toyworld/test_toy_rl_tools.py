@@ -61,6 +61,8 @@ def test_step_test_moves_the_lora_along_the_ascent_and_a_random_direction(tmp_pa
         if f["size"] == 0.0:
             assert f["reward_diff"] == 0.0 and f["reward_plus"] == f["reward_minus"]
     assert any(f["reward_diff"] != 0.0 for f in fd if f["size"] > 0)
+    # the random direction's size 0 comes after the ascent's steps: the LoRA was put back
+    assert fd[2]["reward_plus"] == fd[0]["reward_plus"]
 
 
 def test_brightness_reward_is_mean_intensity():
