@@ -1,7 +1,7 @@
 """Is there a policy-gradient signal to follow? Measure it before tuning learning rates.
 
     python -m toyworld.grad_signal [--config FILE]
-                                   [--reward partial|clip|brightness|darkness|random]
+                                   [--reward partial|exact|clip|brightness|darkness|random]
                                    [--trunks N] [--batches M] [--set dotted.key=value ...]
                                    [--step-test SIZE,SIZE,...]
 

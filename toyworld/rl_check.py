@@ -2,13 +2,14 @@
 measure the checker's accuracy on the train and held-out prompts before and after.
 
     python -m toyworld.rl_check [--config FILE] [--stages N]
-                                [--reward clip|partial|brightness|darkness|random]
+                                [--reward clip|partial|exact|brightness|darkness|random]
                                 [--images N] [--set dotted.key=value ...]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
 selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
 the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense partial
-credit (`partial`); `brightness` (mean intensity) is the mechanics' own check and `darkness`
+credit (`partial`) or its exact 0/1 verdict (`exact`: the only one that sees relations);
+`brightness` (mean intensity) is the mechanics' own check and `darkness`
 (its negative) the control: a model that merely degrades towards blank images gains
 brightness too, but must lose darkness; `random` (uniform noise, independent of the image)
 shows what the updates do to the model with no signal to follow. Accuracy before and
@@ -41,16 +42,19 @@ from toyworld.evaluate import sample_and_check
 from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
-REWARDS = ("clip", "partial", "brightness", "darkness", "random")  # reward_function's names
+# reward_function's names
+REWARDS = ("clip", "partial", "exact", "brightness", "darkness", "random")
 
 
 def reward_function(name: str, cfg: Config):
-    if name == "partial":
+    if name in ("partial", "exact"):
+        column = 1 if name == "partial" else 0  # dense credit, or the sparse 0/1 verdict
 
-        def partial(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
-            return check_batch(images.permute(0, 2, 3, 1).numpy(), prompts)[1].astype(float)
+        def checker(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+            verdict = check_batch(images.permute(0, 2, 3, 1).numpy(), prompts)
+            return verdict[column].astype(float)
 
-        return partial
+        return checker
     if name in ("brightness", "darkness"):  # trivially controllable: the mechanics' check
         # darkness is the control: a model that merely degrades towards blank (white)
         # images gains brightness too, but must lose darkness

@@ -75,6 +75,26 @@ def test_brightness_reward_is_mean_intensity():
     assert dark(images, ["a", "b"]).tolist() == [-0.0, -1.0]
 
 
+def test_checker_rewards_are_its_partial_credit_and_its_verdict():
+    """`exact` is the checker's 0/1 verdict (it alone sees relations), `partial` its dense
+    per-object credit: a render of the prompt gets 1 from both; the flipped relation keeps
+    full partial credit but loses the verdict; a blank image gets 0 from both."""
+    from toyworld.grammar import parse
+    from toyworld.render import render, sample_scene
+
+    cfg = load_config(DEFAULT_PRESET, TINY)
+    prompt = "a red circle left of a blue square"
+    image = render(sample_scene(parse(prompt), np.random.default_rng(0)))
+    images = torch.from_numpy(np.stack([image, np.full_like(image, 255)])).permute(0, 3, 1, 2)
+    flipped = "a red circle right of a blue square"
+    exact = rl_check.reward_function("exact", cfg)
+    partial = rl_check.reward_function("partial", cfg)
+    assert exact(images, [prompt, prompt]).tolist() == [1.0, 0.0]
+    assert partial(images, [prompt, prompt]).tolist() == [1.0, 0.0]
+    assert exact(images[:1], [flipped]).tolist() == [0.0]
+    assert partial(images[:1], [flipped]).tolist() == [1.0]
+
+
 def test_random_reward_ignores_the_image_and_repeats_per_seed():
     cfg = load_config(DEFAULT_PRESET, TINY)
     images = torch.zeros(64, 3, 4, 4, dtype=torch.uint8)
