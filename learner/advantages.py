@@ -68,3 +68,20 @@ class Advantages:
                 f"advantage state is for mode {state.get('mode')!r}, not {self.cfg.mode!r}"
             )
         self.memory = defaultdict(list, {k: list(v) for k, v in state["memory"].items()})
+
+
+def within_trunk_share(rewards: np.ndarray, trunk_ids: np.ndarray) -> float:
+    """Share of this stage's reward variance that lies between branches of one trunk, in
+    [0, 1]: the part the trained interval can have caused (B²'s premise). Near 0, the trunks
+    (composition decided before the split) explain the rewards and a pooled per-prompt
+    baseline mostly selects lucky trunks. 0 when every reward is equal."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    trunk_ids = np.asarray(trunk_ids)
+    total = float(((rewards - rewards.mean()) ** 2).sum())
+    if total <= 0.0:
+        return 0.0
+    within = sum(
+        float(((rewards[m] - rewards[m].mean()) ** 2).sum())
+        for m in (trunk_ids == t for t in np.unique(trunk_ids))
+    )
+    return within / total

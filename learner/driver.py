@@ -23,6 +23,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.rollout import RolloutWorker, StaleWeightsError
 from configs.schema import Config
+from learner.advantages import within_trunk_share
 from learner.stage import check_rewards, sampler_settings, stage_prompts
 from learner.worker import LearnerWorker
 from rewards.actor import RewardWorker
@@ -243,6 +244,7 @@ class StageRunner:
             "split_step": float(settings.split_step),
             "reward_mean": float(rewards.mean()),
             "reward_std": float(rewards.std()),
+            "reward_within_trunk": within_trunk_share(rewards, trunk_ids),
             "positives": float(sel.positives),
             "negatives": float(sel.negatives),
             "images": float(len(rewards)),

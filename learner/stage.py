@@ -16,7 +16,7 @@ import torch
 from configs.schema import Config
 from diffusion.sampler import SamplerSettings, UNetCounter, derive_seed, sample_branches
 from diffusion.trajectory import TrajectoryBatch
-from learner.advantages import Advantages
+from learner.advantages import Advantages, within_trunk_share
 from learner.schedule import split_step
 from learner.selection import Selection, select
 from learner.update import PolicyTrainer, UpdateStats
@@ -72,12 +72,14 @@ class StageResult:
     unet: UNetCounter
     seconds: dict[str, float] = field(default_factory=dict)
     batch: TrajectoryBatch | None = None
+    within_trunk: float = 0.0  # advantages.within_trunk_share of the rewards
 
     def metrics(self) -> dict[str, float]:
         out = {
             "split_step": float(self.split_step),
             "reward_mean": float(self.rewards.mean()),
             "reward_std": float(self.rewards.std()),
+            "reward_within_trunk": self.within_trunk,
             "positives": float(self.selection.positives),
             "negatives": float(self.selection.negatives),
             "images": float(len(self.rewards)),
@@ -147,4 +149,5 @@ def run_stage(
         counter,
         {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2},
         batch,
+        within_trunk_share(rewards, batch.trunk_ids.numpy()),
     )

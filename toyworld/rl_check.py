@@ -144,6 +144,7 @@ def run(cfg: Config, reward: str, images: int, eval_seed: int, log=print) -> dic
         stages.append(m)
         log(
             f"stage {stage:3d} s={res.split_step:2d} reward {m['reward_mean']:.4f} "
+            f"within {m['reward_within_trunk']:.2f} "
             f"correct {m['checker_correct']:.3f} partial {m['checker_partial']:.3f} "
             f"+{res.selection.positives}/-{res.selection.negatives} loss {m['loss']:+.4f} "
             f"kl {m['approx_kl']:.2e} clip {m['clip_fraction']:.2f} "

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from configs.schema import AdvantageConfig, ScheduleConfig, SelectionConfig
-from learner.advantages import Advantages
+from learner.advantages import Advantages, within_trunk_share
 from learner.schedule import split_step
 from learner.selection import select
 
@@ -77,6 +77,15 @@ def test_group_advantages_within_trunk():
     adv = Advantages(AdvantageConfig(mode="group"))
     a = adv(["p"] * 4, np.array([0, 0, 1, 1]), np.array([1.0, 3.0, 5.0, 5.0]))
     assert np.allclose(a, [-1, 1, 0, 0])
+
+
+def test_within_trunk_share_of_reward_variance():
+    trunks = np.array([0, 0, 1, 1])
+    assert within_trunk_share(np.array([1.0, 1.0, 3.0, 3.0]), trunks) == 0.0  # trunks only
+    assert within_trunk_share(np.array([1.0, 3.0, 1.0, 3.0]), trunks) == pytest.approx(1.0)
+    # between: trunk means 2 and 4 around 3 (SS 4); within: 1 + 1 around each mean (SS 4)
+    assert within_trunk_share(np.array([1.0, 3.0, 3.0, 5.0]), trunks) == pytest.approx(0.5)
+    assert within_trunk_share(np.full(4, 0.7), trunks) == 0.0  # nothing to explain
 
 
 def test_mode_mismatch_on_restore():

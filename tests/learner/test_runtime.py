@@ -135,6 +135,8 @@ def test_one_rollout_actor_gives_the_same_run(reference_run, tiny_pipeline_dir, 
     ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]
+    assert [r["reward_within_trunk"] for r in ref] == [g["reward_within_trunk"] for g in got]
+    assert all(0.0 <= r["reward_within_trunk"] <= 1.0 for r in ref)
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
