@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -70,16 +70,15 @@ class StageResult:
     selection: Selection
     update: UpdateStats
     unet: UNetCounter
-    seconds: dict[str, float] = field(default_factory=dict)
-    batch: TrajectoryBatch | None = None
-    within_trunk: float = 0.0  # advantages.within_trunk_share of the rewards
+    seconds: dict[str, float]
+    batch: TrajectoryBatch
 
     def metrics(self) -> dict[str, float]:
         out = {
             "split_step": float(self.split_step),
             "reward_mean": float(self.rewards.mean()),
             "reward_std": float(self.rewards.std()),
-            "reward_within_trunk": self.within_trunk,
+            "reward_within_trunk": within_trunk_share(self.rewards, self.batch.trunk_ids.numpy()),
             "positives": float(self.selection.positives),
             "negatives": float(self.selection.negatives),
             "images": float(len(self.rewards)),
@@ -149,5 +148,4 @@ def run_stage(
         counter,
         {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2},
         batch,
-        within_trunk_share(rewards, batch.trunk_ids.numpy()),
     )

@@ -124,6 +124,7 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
     )
     r = json.loads(out.read_text())
     assert len(r["per_stage"]) == 2
+    assert all(0.0 <= m["reward_within_trunk"] <= 1.0 for m in r["per_stage"])
     for split in ("train", "test"):
         assert r["after"][split]["images"] == 4
 
