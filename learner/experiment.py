@@ -1,0 +1,401 @@
+"""`python -m learner.experiment`: train, evaluate and compare presets over seeds, end to end.
+
+    python -m learner.experiment [--presets FILE ...] [--seeds N ...] [--set KEY=VALUE ...]
+        [--images-per-prompt N] [--eval-seed N] [--out DIR] [--results FILE]
+
+For every preset and seed it trains a run (the path `learner.main` takes: a local Ray on
+127.0.0.1, or the cluster in RAY_ADDRESS) into DIR/runs/<preset>-s<seed>, skipping runs
+that are complete and resuming those that are not, so an interrupted experiment continues
+where it stopped. It then evaluates every final checkpoint and the untrained base model on
+the train and test prompts with the same noise (`learner.evaluate`; the numbers also go to
+each run's MLflow run), and writes
+- DIR/comparison.md, reward.png, eval.png, side_by_side.png (`learner.compare`);
+- DIR/summary.md and summary.json: per preset the mean and spread over seeds of every
+  evaluation metric, and its change from the base model.
+With `--results FILE` the summary also replaces the block between the markers below in FILE
+(appended if FILE has none), so a hand-written results page keeps its text around it.
+
+The presets must spend equal budgets: the same model, prompts and sampler, and the same
+number of reward queries (stages x trunks x branches); `--set` applies to every preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from configs.load import DEFAULT_PRESET, load_config
+from configs.schema import Config
+
+BEGIN = "<!-- learner.experiment: begin (generated; edits inside are overwritten) -->"
+END = "<!-- learner.experiment: end -->"
+DDPO_PRESET = Path(DEFAULT_PRESET).with_name("toy_ddpo.yaml")
+METRICS = ("oracle_accuracy", "clip_score", "bert_score", "diversity")
+SPLITS = ("train", "test")
+HEADLINE_IMAGES = 512  # per split: below this only large gains are visible
+
+
+class ExperimentError(ValueError):
+    """Presets that cannot be compared, or a bad argument; str() is one line."""
+
+
+@dataclass
+class Arm:
+    """One preset: its name, config file and the config its seeds share."""
+
+    name: str
+    path: Path
+    cfg: Config
+
+
+def budget(cfg: Config) -> dict:
+    """What must match for a fair comparison (ALGORITHM.md: same sampler, same number of
+    images, i.e. reward queries)."""
+    s = cfg.sampling
+    return {
+        "model.pretrained": str(cfg.model.pretrained),
+        "prompts.train": str(cfg.prompts.train),
+        "prompts.test": str(cfg.prompts.test),
+        "sampling.num_steps": s.num_steps,
+        "sampling.eta": s.eta,
+        "sampling.guidance_scale": s.guidance_scale,
+        "reward queries (stages x trunks x branches)": cfg.stages * s.trunks_per_stage * s.branches,
+    }
+
+
+def check_budgets(arms: list[Arm]) -> None:
+    first = budget(arms[0].cfg)
+    for arm in arms[1:]:
+        other = budget(arm.cfg)
+        for key, value in first.items():
+            if other[key] != value:
+                raise ExperimentError(
+                    f"presets {arms[0].path} and {arm.path} differ in {key}: "
+                    f"{value} vs {other[key]}; a comparison needs equal budgets"
+                )
+
+
+def load_arms(presets: list[Path], overrides: list[str]) -> list[Arm]:
+    arms, names = [], set()
+    for path in presets:
+        name = path.stem
+        if name in names:
+            raise ExperimentError(f"preset {path}: two presets named {name!r}")
+        names.add(name)
+        arms.append(Arm(name, path, load_config(path, overrides)))
+    check_budgets(arms)
+    return arms
+
+
+def default_images_per_prompt(cfg: Config) -> int:
+    """Enough images per prompt for HEADLINE_IMAGES per split."""
+    from learner.prompts import load_prompts
+
+    sizes = [len(load_prompts(getattr(cfg.prompts, s), f"prompts.{s}")) for s in SPLITS]
+    return max(math.ceil(HEADLINE_IMAGES / n) for n in sizes)
+
+
+def _complete(run_dir: Path, cfg: Config) -> bool:
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return False
+    return json.loads(path.read_text()).get("stages_completed") == cfg.stages
+
+
+def train(arm: Arm, seed: int, out: Path, overrides: list[str], log) -> Path:
+    """The run of one preset and seed: trained, resumed, or (complete) left as it is."""
+    from learner.preflight import preflight
+    from learner.run import execute, prepare
+
+    run_dir = out / "runs" / f"{arm.name}-s{seed}"
+    where = [f"seed={seed}", f"output_dir={out / 'runs'}", f"run_name={run_dir.name}"]
+    cfg = load_config(arm.path, [*overrides, *where])
+    if _complete(run_dir, cfg):
+        log(f"{run_dir.name}: complete, kept")
+        return run_dir
+    resuming = run_dir.exists()
+    if resuming:
+        cfg, run_dir, _ = prepare(cfg, run_dir, [], False)
+        log(f"{run_dir.name}: resuming")
+    else:
+        cfg, run_dir, _ = prepare(cfg, None, [], False)
+        log(f"{run_dir.name}: training {cfg.stages} stages")
+    preflight(cfg)
+    execute(cfg, run_dir, resuming)
+    return run_dir
+
+
+def evaluate_once(
+    ref: str,
+    config: Path | None,
+    overrides: list[str],
+    out_dir: Path,
+    per_prompt: int,
+    seed: int,
+    log,
+) -> dict:
+    """learner.evaluate of both splits, stored as out_dir/<label>_all.json (where
+    `learner.compare` finds it); an existing result with the same settings is reused."""
+    from learner.evaluate import evaluate, log_to_mlflow, resolve
+
+    target = resolve(ref, config, overrides)
+    path = out_dir / f"{target.label.replace('@', '_')}_all.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("images_per_prompt") == per_prompt and old.get("seed") == seed:
+            log(f"{target.label}: evaluation kept")
+            return old
+    log(f"{target.label}: evaluating {per_prompt} images per prompt, seed {seed}")
+    result = evaluate(target, list(SPLITS), per_prompt, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if target.cfg.logging.mlflow:
+        result["mlflow_run_id"] = log_to_mlflow(target, result, out_dir)
+    result.pop("grids")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+    return result
+
+
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def summarise(arms: list[Arm], runs: dict[str, list[tuple[int, dict]]], base: dict) -> dict:
+    """Per preset and split: mean, spread (sample std over seeds) and change from base."""
+    out = {"base": {}, "presets": {}}
+    for split in SPLITS:
+        b = base["splits"][split]
+        out["base"][split] = {m: b[m] for m in METRICS if b[m] is not None}
+        out["base"][split]["images"] = b["images"]
+    for arm in arms:
+        entry = {"config": str(arm.path), "algorithm": arm.cfg.algorithm, "seeds": [], "splits": {}}
+        entry["seeds"] = [seed for seed, _ in runs[arm.name]]
+        for split in SPLITS:
+            row = {}
+            for m in METRICS:
+                values = [r["splits"][split][m] for _, r in runs[arm.name]]
+                if any(v is None for v in values):
+                    continue
+                row[m] = _stats(values)
+                row[m]["change"] = row[m]["mean"] - out["base"][split][m]
+            row["images"] = runs[arm.name][0][1]["splits"][split]["images"]
+            entry["splits"][split] = row
+        out["presets"][arm.name] = entry
+    return out
+
+
+def _pct(metric: str) -> bool:
+    return metric == "oracle_accuracy"
+
+
+def _cell(metric: str, stats: dict) -> str:
+    scale, unit, digits = (100, " %", 1) if _pct(metric) else (1, "", 3)
+    mean, std, change = stats["mean"] * scale, stats["std"] * scale, stats["change"] * scale
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{unit} ({change:+.{digits}f})"
+
+
+def _plain(metric: str, value: float) -> str:
+    return f"{value * 100:.1f} %" if _pct(metric) else f"{value:.3f}"
+
+
+def summary_markdown(summary: dict, command: str, images_dir: str, seconds: float) -> str:
+    metrics = [m for m in METRICS if m in summary["base"]["train"]]
+    lines = [
+        "### Presets compared over seeds (`learner.experiment`)",
+        "",
+        f"Command: `{command}` ({seconds / 60:.1f} min of this machine in all).",
+        "",
+        "| preset | seeds | split | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (3 + len(metrics)),
+    ]
+    base = summary["base"]
+    for split in SPLITS:
+        cells = " | ".join(_plain(m, base[split][m]) for m in metrics)
+        lines.append(f"| base | - | {split} | {cells} |")
+    for name, entry in summary["presets"].items():
+        seeds = ", ".join(str(s) for s in entry["seeds"])
+        for split in SPLITS:
+            row = entry["splits"][split]
+            cells = " | ".join(_cell(m, row[m]) if m in row else "-" for m in metrics)
+            lines.append(f"| {name} ({entry['algorithm']}) | {seeds} | {split} | {cells} |")
+    n = base["train"]["images"]
+    acc = base["train"].get("oracle_accuracy")
+    se = (
+        f" (binomial standard error of one accuracy near {acc * 100:.0f} %: "
+        f"{100 * math.sqrt(acc * (1 - acc) / n):.1f} points)"
+        if acc is not None
+        else ""
+    )
+    lines += [
+        "",
+        f"Mean ± sample standard deviation over seeds (change from base in brackets); "
+        f"{n} images per split, the same noise for every checkpoint{se}. "
+        f"diversity: {summary['diversity_embedding']}.",
+        "",
+        f"![reward per stage]({images_dir}/reward.png)",
+        "",
+        f"![held-out alignment and diversity]({images_dir}/eval.png)",
+        "",
+        f"![the same test prompts and noise, one column per run]({images_dir}/side_by_side.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def replace_block(path: Path, block: str) -> None:
+    """FILE with the generated block between BEGIN and END replaced (or appended)."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else ""
+    wrapped = f"{BEGIN}\n{block}{END}\n"
+    if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
+        before, rest = text.split(BEGIN, 1)
+        after = rest.split(END, 1)[1].lstrip("\n")
+        text = before + wrapped + after
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text else "") + wrapped
+    write_atomic(path, text)
+
+
+def run_experiment(args: argparse.Namespace, log=print) -> dict:
+    from learner import compare
+    from learner.run import connect
+
+    t0 = time.perf_counter()
+    arms = load_arms(args.presets, args.overrides)
+    per_prompt = args.images_per_prompt or default_images_per_prompt(arms[0].cfg)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    total = len(arms) * len(args.seeds)
+    import ray
+
+    started = connect(arms[0].cfg)  # one Ray for all runs
+    try:
+        run_dirs: dict[str, list[tuple[int, Path]]] = {}
+        for i, (arm, seed) in enumerate((a, s) for a in arms for s in args.seeds):
+            log(f"[{i + 1}/{total}] {arm.name} seed {seed}")
+            run_dirs.setdefault(arm.name, []).append(
+                (seed, train(arm, seed, out, args.overrides, log))
+            )
+    finally:
+        if started:
+            ray.shutdown()
+    base = evaluate_once(
+        "base", arms[0].path, args.overrides, out / "base", per_prompt, args.eval_seed, log
+    )
+    results: dict[str, list[tuple[int, dict]]] = {}
+    for arm in arms:
+        for seed, run_dir in run_dirs[arm.name]:
+            r = evaluate_once(
+                str(run_dir), None, [], run_dir / "eval", per_prompt, args.eval_seed, log
+            )
+            results.setdefault(arm.name, []).append((seed, r))
+    runs = [compare.load_run(d) for arm in arms for _, d in run_dirs[arm.name]]
+    for r in runs:  # every curve starts at the base model
+        r.evals = [base, *(e for e in r.evals if e.get("seed") == args.eval_seed)]
+    compare.plot_reward(runs, out)
+    compare.plot_eval(runs, out)
+    compare.side_by_side(runs, out, seed=args.eval_seed)
+    compare.write_table(runs, out)
+    summary = summarise(arms, results, base)
+    summary["diversity_embedding"] = base["diversity_embedding"]
+    summary["images_per_prompt"] = per_prompt
+    summary["eval_seed"] = args.eval_seed
+    summary["command"] = args.command
+    seconds = time.perf_counter() - t0
+    summary["seconds"] = seconds
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    results_file: Path | None = args.results
+    rel = os.path.relpath(out, results_file.parent if results_file else out)
+    markdown = summary_markdown(summary, args.command, rel if results_file else ".", seconds)
+    write_atomic(out / "summary.md", markdown)
+    if results_file is not None:
+        replace_block(results_file, markdown)
+        log(f"wrote the summary into {results_file}")
+    log(markdown)
+    log(f"wrote {out}/summary.md, summary.json, comparison.md and the plots")
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m learner.experiment", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--presets", type=Path, nargs="+", default=[DEFAULT_PRESET, DDPO_PRESET])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
+    p.add_argument(
+        "--images-per-prompt",
+        type=int,
+        default=None,
+        help=f"default: enough for {HEADLINE_IMAGES} images per split",
+    )
+    p.add_argument("--eval-seed", type=int, default=1234)
+    p.add_argument("--out", type=Path, default=Path("experiment"))
+    p.add_argument("--results", type=Path, help="also write the summary into this markdown file")
+    args = p.parse_args(argv)
+    args.command = "python -m learner.experiment " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = parse_args(argv)
+    from configs.load import ConfigError
+    from diffusion.lora import LoraShapeError
+    from diffusion.pipeline import PipelineLoadError
+    from learner.checkpoint import CheckpointError
+    from learner.driver import RewardFailure, RuntimeSetupError
+    from learner.prompts import PromptFileError
+    from learner.run import ResumeError
+    from learner.stage import NonFiniteReward
+    from rewards.scorers import RewardSetupError
+
+    if args.images_per_prompt is not None and args.images_per_prompt < 1:
+        print(f"error: --images-per-prompt {args.images_per_prompt}: must be >= 1", file=sys.stderr)
+        return 2
+    if len(set(args.seeds)) != len(args.seeds):
+        print(f"error: --seeds {args.seeds}: a seed appears twice", file=sys.stderr)
+        return 2
+    try:
+        run_experiment(args)
+    except (
+        ExperimentError,
+        ConfigError,
+        PromptFileError,
+        PipelineLoadError,
+        RewardSetupError,
+        LoraShapeError,
+        CheckpointError,
+        ResumeError,
+        RuntimeSetupError,
+        RewardFailure,
+        NonFiniteReward,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted; run the same command again to continue ({args.out})", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""learner.experiment end to end: the shipped toy presets, shrunk to one tiny stage on the
+tiny random pipeline, through a local Ray; the statistics over seeds on their own."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from configs.load import DEFAULT_PRESET
+from learner.experiment import BEGIN, DDPO_PRESET, END, replace_block
+from learner.experiment import main as experiment_main
+
+
+def _tiny(tiny_pipeline_dir) -> list[str]:
+    # for both presets; their trunks per stage differ (B² 4 branches, DDPO 1), so the
+    # `presets` fixture writes those into copies of the shipped presets
+    return [
+        "stages=1",
+        f"model.pretrained={tiny_pipeline_dir}",
+        "sampling.num_steps=4",
+        "sampling.micro_batch=16",
+        "schedule.end=4",
+        "train.epochs=1",
+        "train.lora.rank=2",
+        "runtime.rollout_actors=1",
+        "logging.mlflow=false",
+        "logging.grid_every=0",
+        "prompts.train=toyworld/prompts/binding_train.txt",
+        "prompts.test=toyworld/prompts/binding_test.txt",
+    ]
+
+
+@pytest.fixture()
+def presets(tmp_path):
+    b2 = tmp_path / "toy_b2.yaml"
+    b2.write_text(DEFAULT_PRESET.read_text().replace("trunks_per_stage: 32", "trunks_per_stage: 2"))
+    ddpo = tmp_path / "toy_ddpo.yaml"
+    text = DDPO_PRESET.read_text().replace("trunks_per_stage: 128", "trunks_per_stage: 8")
+    ddpo.write_text(text.replace("start: 10", "start: 4").replace("end: 10", "end: 4"))
+    return b2, ddpo
+
+
+def test_experiment_trains_evaluates_and_writes_the_summary(
+    tiny_pipeline_dir, tmp_path, presets, capsys
+):
+    results = tmp_path / "RESULTS.md"
+    results.write_text(f"# Results\n\nhand-written\n\n{BEGIN}\nold\n{END}\n\n## After\n")
+    out = tmp_path / "exp"
+    argv = [
+        "--presets",
+        *map(str, presets),
+        "--seeds",
+        "7",
+        "--images-per-prompt",
+        "1",
+        "--out",
+        str(out),
+        "--results",
+        str(results),
+        "--set",
+        *_tiny(tiny_pipeline_dir),
+    ]
+    assert experiment_main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["presets"]) == {"toy_b2", "toy_ddpo"}
+    for name, entry in summary["presets"].items():
+        assert entry["seeds"] == [7]
+        for split in ("train", "test"):
+            row = entry["splits"][split]
+            for metric in ("oracle_accuracy", "clip_score", "bert_score", "diversity"):
+                stats = row[metric]
+                assert len(stats["values"]) == 1 and stats["std"] == 0, (name, split, metric)
+                base = summary["base"][split][metric]
+                assert stats["change"] == pytest.approx(stats["mean"] - base)
+    assert summary["presets"]["toy_b2"]["algorithm"] == "b2"
+    assert summary["presets"]["toy_ddpo"]["algorithm"] == "ddpo"
+    for name in ("toy_b2", "toy_ddpo"):
+        run = out / "runs" / f"{name}-s7"
+        assert json.loads((run / "summary.json").read_text())["stages_completed"] == 1
+        assert list((run / "eval").glob("*_all.json")), run
+    for name in ("comparison.md", "summary.md", "reward.png", "eval.png", "side_by_side.png"):
+        assert (out / name).stat().st_size > 100, name
+    text = results.read_text()
+    assert text.startswith("# Results\n\nhand-written\n") and text.endswith("## After\n")
+    assert "old" not in text and "| toy_b2 (b2) | 7 | test |" in text
+    assert "](exp/reward.png)" in text  # images linked relative to the results file
+
+    # a second call keeps the complete runs and their evaluations (the same numbers) and
+    # resumes the one whose driver died after its last checkpoint (no summary.json)
+    (out / "runs" / "toy_ddpo-s7" / "summary.json").unlink()
+    capsys.readouterr()
+    assert experiment_main(argv) == 0
+    log = capsys.readouterr().out
+    assert log.count("complete, kept") == 1 and "toy_ddpo-s7: resuming" in log
+    assert log.count("evaluation kept") == 3
+    assert (out / "runs" / "toy_ddpo-s7" / "summary.json").is_file()
+    again = json.loads((out / "summary.json").read_text())
+    assert again["presets"] == summary["presets"] and again["base"] == summary["base"]
+
+
+def test_unequal_budgets_are_refused(tiny_pipeline_dir, tmp_path, presets, capsys):
+    tiny = [*_tiny(tiny_pipeline_dir), "sampling.trunks_per_stage=2"]  # B² 8 images, DDPO 2
+    argv = ["--presets", *map(str, presets), "--out", str(tmp_path / "exp"), "--set", *tiny]
+    assert experiment_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "differ in reward queries" in err[0], err
+    assert not (tmp_path / "exp").exists()  # nothing written
+
+
+def test_replace_block_appends_when_markers_are_missing(tmp_path):
+    path = tmp_path / "R.md"
+    path.write_text("# R\n")
+    replace_block(path, "table\n")
+    assert path.read_text() == f"# R\n\n{BEGIN}\ntable\n{END}\n"
+    replace_block(path, "new\n")
+    assert path.read_text() == f"# R\n\n{BEGIN}\nnew\n{END}\n"
+
+
+def test_summary_statistics_and_table():
+    from pathlib import Path
+
+    from configs.load import load_config
+    from learner.experiment import Arm, summarise, summary_markdown
+
+    def result(acc_train, acc_test):
+        split = lambda acc: {  # noqa: E731
+            "images": 100,
+            "oracle_accuracy": acc,
+            "clip_score": 0.5,
+            "bert_score": 0.8,
+            "diversity": 0.3,
+        }
+        return {"splits": {"train": split(acc_train), "test": split(acc_test)}}
+
+    base = result(0.30, 0.10) | {"diversity_embedding": "open_clip x"}
+    arms = [Arm("toy_b2", Path("b2.yaml"), load_config(DEFAULT_PRESET))]
+    runs = {"toy_b2": [(0, result(0.40, 0.12)), (1, result(0.50, 0.16))]}
+    summary = summarise(arms, runs, base) | {"diversity_embedding": "open_clip x"}
+    acc = summary["presets"]["toy_b2"]["splits"]["train"]["oracle_accuracy"]
+    assert acc["mean"] == pytest.approx(0.45) and acc["change"] == pytest.approx(0.15)
+    assert acc["std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.40, 0.50
+    table = summary_markdown(summary, "cmd", "img", 90.0)
+    assert "| toy_b2 (b2) | 0, 1 | train | 45.0 ± 7.1 % (+15.0) | 0.500 ± 0.000 (+0.000) |" in table
+    assert "| base | - | test | 10.0 % |" in table and "(1.5 min of this machine" in table
