@@ -34,3 +34,34 @@ for arm, runs in rows.items():
         f"{arm}: n={len(runs)} train exact/partial, test exact/partial (x100): {cells}; "
         f"train exact per seed {per_seed}; {seconds:.0f} s of training per run"
     )
+
+# per-stage curves: CLIP reward and the checker's exact accuracy of the stage's own images
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+colours = {"b2": "tab:blue", "ddpo": "tab:orange"}
+for arm, runs in rows.items():
+    for i, run in enumerate(runs):
+        images = [128 * (s["stage"] + 1) for s in run["per_stage"]]
+        label = arm if i == 0 else None
+        for ax, key in zip(axes, ("reward_mean", "checker_correct"), strict=True):
+            ax.plot(
+                images,
+                [s[key] for s in run["per_stage"]],
+                color=colours.get(arm),
+                alpha=0.7,
+                label=label,
+            )
+axes[0].set_ylabel("stage CLIP reward (mean)")
+axes[1].set_ylabel("stage images exactly right (checker)")
+for ax in axes:
+    ax.set_xlabel("images sampled (reward queries)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+fig.tight_layout()
+out = Path(sys.argv[1]).parent.parent / "u_compare.png"
+fig.savefig(out, dpi=110)
+print(f"wrote {out}")
