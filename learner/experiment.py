@@ -103,29 +103,62 @@ def default_images_per_prompt(cfg: Config) -> int:
 
 
 def _complete(run_dir: Path, cfg: Config) -> bool:
+    """True if run_dir finished all of cfg's stages; an existing run made with another
+    config (not a matter of length or logging) is an error, never a silent reuse."""
+    from learner.run import config_diff
+
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        key = config_diff(cfg, load_config(saved))
+        if key:
+            raise ExperimentError(
+                f"{run_dir}: made with another config (it differs at '{key}'); "
+                "remove it or choose another --out"
+            )
     path = run_dir / "summary.json"
     if not path.is_file():
         return False
     return json.loads(path.read_text()).get("stages_completed") == cfg.stages
 
 
-def train(arm: Arm, seed: int, out: Path, overrides: list[str], log) -> Path:
+@dataclass
+class Planned:
+    """One preset x seed: its config, run directory and whether it already finished."""
+
+    arm: Arm
+    seed: int
+    cfg: Config
+    run_dir: Path
+    complete: bool
+
+
+def plan(arms: list[Arm], seeds: list[int], out: Path, overrides: list[str]) -> list[Planned]:
+    """Every run's config, checked against what is already in out/runs before anything
+    trains (a run made with another config stops the experiment here)."""
+    runs = []
+    for arm in arms:
+        for seed in seeds:
+            run_dir = out / "runs" / f"{arm.name}-s{seed}"
+            where = [f"seed={seed}", f"output_dir={out / 'runs'}", f"run_name={run_dir.name}"]
+            cfg = load_config(arm.path, [*overrides, *where])
+            runs.append(Planned(arm, seed, cfg, run_dir, _complete(run_dir, cfg)))
+    return runs
+
+
+def train(run: Planned, log) -> Path:
     """The run of one preset and seed: trained, resumed, or (complete) left as it is."""
     from learner.preflight import preflight
     from learner.run import execute, prepare
 
-    run_dir = out / "runs" / f"{arm.name}-s{seed}"
-    where = [f"seed={seed}", f"output_dir={out / 'runs'}", f"run_name={run_dir.name}"]
-    cfg = load_config(arm.path, [*overrides, *where])
-    if _complete(run_dir, cfg):
-        log(f"{run_dir.name}: complete, kept")
-        return run_dir
-    resuming = run_dir.exists()
+    if run.complete:
+        log(f"{run.run_dir.name}: complete, kept")
+        return run.run_dir
+    resuming = run.run_dir.exists()
     if resuming:
-        cfg, run_dir, _ = prepare(cfg, run_dir, [], False)
+        cfg, run_dir, _ = prepare(run.cfg, run.run_dir, [], False)
         log(f"{run_dir.name}: resuming")
     else:
-        cfg, run_dir, _ = prepare(cfg, None, [], False)
+        cfg, run_dir, _ = prepare(run.cfg, None, [], False)
         log(f"{run_dir.name}: training {cfg.stages} stages")
     preflight(cfg)
     execute(cfg, run_dir, resuming)
@@ -279,18 +312,16 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
     arms = load_arms(args.presets, args.overrides)
     per_prompt = args.images_per_prompt or default_images_per_prompt(arms[0].cfg)
     out: Path = args.out
+    planned = plan(arms, args.seeds, out, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
-    total = len(arms) * len(args.seeds)
     import ray
 
     started = connect(arms[0].cfg)  # one Ray for all runs
     try:
         run_dirs: dict[str, list[tuple[int, Path]]] = {}
-        for i, (arm, seed) in enumerate((a, s) for a in arms for s in args.seeds):
-            log(f"[{i + 1}/{total}] {arm.name} seed {seed}")
-            run_dirs.setdefault(arm.name, []).append(
-                (seed, train(arm, seed, out, args.overrides, log))
-            )
+        for i, run in enumerate(planned):
+            log(f"[{i + 1}/{len(planned)}] {run.arm.name} seed {run.seed}")
+            run_dirs.setdefault(run.arm.name, []).append((run.seed, train(run, log)))
     finally:
         if started:
             ray.shutdown()

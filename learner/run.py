@@ -54,7 +54,7 @@ def connect(cfg: Config) -> bool:
     return True
 
 
-def _config_diff(a: Config, b: Config) -> str | None:
+def config_diff(a: Config, b: Config) -> str | None:
     da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
     for key in da:
         if key not in RESUMABLE_KEYS and da[key] != db[key]:
@@ -72,7 +72,7 @@ def prepare(
             raise ResumeError(f"--resume {resume}: no config.yaml there; not a run directory")
         resumed = load_config(saved, overrides)
         if cfg is not None and not force:
-            key = _config_diff(cfg, resumed)
+            key = config_diff(cfg, resumed)
             if key:
                 raise ResumeError(
                     f"--resume {resume}: its config differs from the given one at '{key}'; "

@@ -73,11 +73,15 @@ class ClipScore:
 
         arch = term.model or "ViT-H-14"
         ckpt = term.checkpoint
-        if arch == TOY_CLIP and open_clip.get_model_config(TOY_CLIP) is None:
-            from toyworld.clip import register_toy_clip
-
-            register_toy_clip()
         pretrained = clip_checkpoint(term, index)
+        if arch == TOY_CLIP:
+            from toyworld.clip import CONFIG_NAME, register_toy_clip
+
+            beside = Path(pretrained).parent if pretrained else None
+            if beside is not None and (beside / CONFIG_NAME).is_file():
+                register_toy_clip(beside)  # the architecture saved with the checkpoint
+            elif open_clip.get_model_config(TOY_CLIP) is None:
+                register_toy_clip()
         try:
             model, _, _ = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device

@@ -143,3 +143,19 @@ def test_summary_statistics_and_table():
     table = summary_markdown(summary, "cmd", "img", 90.0)
     assert "| toy_b2 (b2) | 0, 1 | train | 45.0 ± 7.1 % (+15.0) | 0.500 ± 0.000 (+0.000) |" in table
     assert "| base | - | test | 10.0 % |" in table and "(1.5 min of this machine" in table
+
+
+def test_a_run_made_with_another_config_is_refused(tmp_path, capsys):
+    from configs.load import dump_config, load_config
+
+    out = tmp_path / "exp"
+    run = out / "runs" / "toy_b2-s0"
+    run.mkdir(parents=True)
+    other = load_config(DEFAULT_PRESET, ["seed=0", "train.lr=0.001"])
+    (run / "config.yaml").write_text(dump_config(other))
+    (run / "summary.json").write_text(json.dumps({"stages_completed": other.stages}))
+    argv = ["--presets", str(DEFAULT_PRESET), "--seeds", "0", "--out", str(out)]
+    assert experiment_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "toy_b2-s0: made with another config" in err[0], err
+    assert "'train'" in err[0]

@@ -107,3 +107,17 @@ def test_recorded_baselines_meet_the_issue_targets():
     assert 0.2 <= train["correct"] <= 0.7
     assert test["correct"] < train["correct"]
     assert b["clip"]["top1"] >= 0.95
+
+
+def test_clip_reward_loads_the_architecture_saved_beside_its_checkpoint(tmp_path):
+    """Another toy-clip config registered earlier in the process (a micro build's) does not
+    stop the reward from loading the shipped checkpoint: its own toy-clip.json wins."""
+    from configs.schema import RewardTerm
+    from rewards.scorers import ClipScore
+    from toyworld.clip import toy_clip_config, write_config
+
+    write_config(tmp_path, toy_clip_config(vision_layers=1, text_layers=1))
+    register_toy_clip(tmp_path)
+    term = RewardTerm(name="clip_score", model=ARCH, checkpoint=str(CLIP_DIR / CHECKPOINT_NAME))
+    scorer = ClipScore(term, torch.device("cpu"))
+    assert len(scorer.model.visual.transformer.resblocks) == 3
