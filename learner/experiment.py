@@ -389,15 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
-    from configs.load import ConfigError
-    from diffusion.lora import LoraShapeError
-    from diffusion.pipeline import PipelineLoadError
-    from learner.checkpoint import CheckpointError
-    from learner.driver import RewardFailure, RuntimeSetupError
-    from learner.prompts import PromptFileError
-    from learner.run import ResumeError
-    from learner.stage import NonFiniteReward
-    from rewards.scorers import RewardSetupError
+    from learner.main import user_errors
 
     if args.images_per_prompt is not None and args.images_per_prompt < 1:
         print(f"error: --images-per-prompt {args.images_per_prompt}: must be >= 1", file=sys.stderr)
@@ -407,19 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run_experiment(args)
-    except (
-        ExperimentError,
-        ConfigError,
-        PromptFileError,
-        PipelineLoadError,
-        RewardSetupError,
-        LoraShapeError,
-        CheckpointError,
-        ResumeError,
-        RuntimeSetupError,
-        RewardFailure,
-        NonFiniteReward,
-    ) as exc:
+    except (ExperimentError, *user_errors()) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

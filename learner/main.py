@@ -29,23 +29,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # errors a user can fix: one line, non-zero exit, nothing written
-    from configs.load import ConfigError, load_config
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can fix (bad config, prompts, model, reward, checkpoint, cluster): the
+    commands print them as one line and exit 2, with nothing half-written."""
+    from configs.load import ConfigError
     from diffusion.lora import LoraShapeError
     from diffusion.pipeline import PipelineLoadError
     from learner.checkpoint import CheckpointError
     from learner.driver import RewardFailure, RuntimeSetupError
-    from learner.preflight import preflight
     from learner.prompts import PromptFileError
-    from learner.run import ResumeError, execute, prepare
+    from learner.run import ResumeError
     from learner.stage import NonFiniteReward
     from rewards.scorers import RewardSetupError
 
-    user_errors = (
+    return (
         ConfigError,
         PromptFileError,
         PipelineLoadError,
@@ -57,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
         RewardFailure,
         NonFiniteReward,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # errors a user can fix: one line, non-zero exit, nothing written
+    from configs.load import load_config
+    from learner.preflight import preflight
+    from learner.run import execute, prepare
+
     try:
         cfg = None
         if args.config is not None or args.resume is None:
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, run_dir, resuming = prepare(cfg, args.resume, args.overrides, args.force)
         preflight(cfg)
         summary = execute(cfg, run_dir, resuming)
-    except user_errors as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
