@@ -28,7 +28,7 @@ def words(prompts):
 def test_packaged_files_are_canonical_grammar_lines(template, split):
     path = prompt_file(template, split)
     prompts = load_prompts(path)
-    size = (16, 24) if template == "all" else (8, 12)
+    size = {"all": (16, 24), "unusual": (5, 5)}.get(template, (8, 12))
     assert size[0] <= len(prompts) <= size[1]
     text = path.read_text(encoding="utf-8")
     # no blank lines, no variant spellings, no duplicates: the file is what load_prompts gives
@@ -65,6 +65,14 @@ def test_binding_test_holds_out_colour_shape_pairs_with_seen_words():
         assert len(spec.objects) == 2 and spec.relation is None
         assert not set(spec.objects) <= train_pairs, prompt
     assert words(test) <= words(train)
+
+
+def test_unusual_sets_split_the_binding_test_prompts_and_were_never_pretrained():
+    train = load_prompts(prompt_file("unusual", "train"))
+    test = load_prompts(prompt_file("unusual", "test"))
+    binding_test = load_prompts(prompt_file("binding", "test"))
+    assert (train, test) == (binding_test[0::2], binding_test[1::2])
+    assert not meanings(pretraining_captions()) & meanings(train + test)
 
 
 def test_spatial_sets_cover_relations_and_counting():
