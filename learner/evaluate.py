@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,21 @@ def log_to_mlflow(target: Target, result: dict, out_dir: Path) -> str | None:
     return tracker.run_id
 
 
+def save_result(target: Target, result: dict, json_path: Path, mlflow: bool = True) -> dict:
+    """Log `result` to MLflow (metrics and image grids; where the config enables it and
+    `mlflow`), then write it without its grids to `json_path` atomically (the grids go next
+    to it as PNGs). Returns what was written, with `mlflow_run_id` where logged."""
+    out_dir = json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if mlflow and target.cfg.logging.mlflow:
+        result["mlflow_run_id"] = log_to_mlflow(target, result, out_dir)
+    result.pop("grids", None)
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, json_path)
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m learner.evaluate", description=__doc__.split("\n")[0]
@@ -212,11 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--no-mlflow", action="store_true")
     args = p.parse_args(argv)
-    from configs.load import ConfigError
-    from diffusion.lora import LoraShapeError
-    from diffusion.pipeline import PipelineLoadError
-    from learner.prompts import PromptFileError
-    from rewards.scorers import RewardSetupError
+    from learner.main import user_errors
 
     if args.images_per_prompt < 1:
         print(f"error: --images-per-prompt {args.images_per_prompt}: must be >= 1", file=sys.stderr)
@@ -225,27 +237,13 @@ def main(argv: list[str] | None = None) -> int:
         target = resolve(args.checkpoint, args.config, args.overrides)
         splits = ["train", "test"] if args.split == "all" else [args.split]
         result = evaluate(target, splits, args.images_per_prompt, args.seed)
-    except (
-        ConfigError,
-        PromptFileError,
-        PipelineLoadError,
-        RewardSetupError,
-        LoraShapeError,
-        checkpoint.CheckpointError,
-        ValueError,
-    ) as exc:
+    except (*user_errors(), ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_table(result)
     out_dir = target.run_dir / "eval" if target.run_dir else Path(target.cfg.output_dir) / "eval"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not args.no_mlflow and target.cfg.logging.mlflow:
-        result["mlflow_run_id"] = log_to_mlflow(target, result, out_dir)
-    result.pop("grids")
-    text = json.dumps(result, indent=2)
     json_path = args.json or out_dir / f"{target.label.replace('@', '_')}_{args.split}.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(text)
+    save_result(target, result, json_path, mlflow=not args.no_mlflow)
     print(f"\nwrote {json_path}")
     return 0
 

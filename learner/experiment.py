@@ -176,7 +176,7 @@ def evaluate_once(
 ) -> dict:
     """learner.evaluate of both splits, stored as out_dir/<label>_all.json (where
     `learner.compare` finds it); an existing result with the same settings is reused."""
-    from learner.evaluate import evaluate, log_to_mlflow, resolve
+    from learner.evaluate import evaluate, resolve, save_result
 
     target = resolve(ref, config, overrides)
     path = out_dir / f"{target.label.replace('@', '_')}_all.json"
@@ -186,15 +186,7 @@ def evaluate_once(
             log(f"{target.label}: evaluation kept")
             return old
     log(f"{target.label}: evaluating {per_prompt} images per prompt, seed {seed}")
-    result = evaluate(target, list(SPLITS), per_prompt, seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if target.cfg.logging.mlflow:
-        result["mlflow_run_id"] = log_to_mlflow(target, result, out_dir)
-    result.pop("grids")
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    os.replace(tmp, path)
-    return result
+    return save_result(target, evaluate(target, list(SPLITS), per_prompt, seed), path)
 
 
 def _stats(values: list[float]) -> dict:
