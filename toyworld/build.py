@@ -1,13 +1,15 @@
 """Build the toy world's models and measure them: the assets `python -m learner.main` uses.
 
-    python -m toyworld.build [--out DIR] [--seed N] [--micro] [--threads N]
+    python -m toyworld.build [--out DIR] [--seed N] [--micro] [--threads N] [--baselines-only]
 
 1. the toy CLIP, on renders of every caption -> DIR/clip/toy-clip.json + toy_clip.safetensors;
 2. renders of the pretraining captions (toyworld.prompts.pretraining_captions), the VAE,
    then the UNet on its latents with the CLIP's text tower as the frozen text encoder
    (as Stable Diffusion's is a CLIP text tower) -> DIR/pipeline (diffusers);
-4. baselines (checker accuracy of the pipeline under the default preset's sampler, CLIP
-   retrieval and agreement with the checker) -> DIR/baselines.json and DIR/BUILD.md;
+4. baselines (checker accuracy of the pipeline under the default preset's sampler on the
+   packaged "all" prompt sets and on the default preset's own prompts, CLIP retrieval and
+   agreement with the checker) -> DIR/baselines.json and DIR/BUILD.md (`--baselines-only`
+   measures an existing DIR again);
 5. a picture of samples -> docs/toyworld_samples.png (DIR/samples.png for another DIR).
 Same seed, same machine and thread count: the same assets. `--micro` builds tiny models
 with a few steps each (for the tests).
@@ -218,6 +220,23 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
         shown_images.append(samples.images[:k])
         shown_prompts += samples.prompts[:k]
         shown_correct += samples.correct[:k].tolist()
+    # the default preset's prompts (what `python -m learner.main` trains and tests on), the
+    # same sampler and noise: the numbers a default run starts from
+    result["default_prompts"] = {}
+    for split in ("train", "test"):
+        path = getattr(preset.prompts, split)
+        samples = sample_and_check(
+            model,
+            load_prompts(PROJECT_ROOT / path),
+            s.eval_images,
+            sp.num_steps,
+            sp.guidance_scale,
+            seed,
+            eta=sp.eta,
+            progress=progress,
+            desc=f"baseline default {split}",
+        )
+        result["default_prompts"][split] = {"file": path, **samples.accuracy().as_dict()}
     result["clip"] = clip_retrieval(scorer, s.retrieval_renders, seed=seed + 6)
     grid.parent.mkdir(parents=True, exist_ok=True)
     grid_image(torch.cat(shown_images), shown_prompts, correct=shown_correct).save(grid)
@@ -263,8 +282,34 @@ def build(
     }
     (out / "baselines.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     record["asset_bytes"] = asset_bytes(out)
-    (out / "baselines.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    _write_record(out, record)
+    return record
+
+
+def _write_record(out: Path, record: dict) -> None:
+    tmp = out / "baselines.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / "baselines.json")
     write_build_md(out)
+
+
+def remeasure(out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path) -> dict:
+    """Measure the baselines of an existing build again (e.g. after the default preset's
+    prompts changed) and update its baselines.json and BUILD.md; the models are untouched."""
+    path = out / "baselines.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} not found: --baselines-only needs a built DIR")
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if record.get("seed") != seed:
+        raise SystemExit(f"{path}: built with seed {record.get('seed')}, not --seed {seed}")
+    built = record.get("training", {}).get("settings")
+    if built != json.loads(json.dumps(asdict(settings))):
+        raise SystemExit(f"{path}: built with other settings (--micro or --latent-size differ)")
+    measured = measure(out, settings, seed, progress, grid)
+    record["times_s"]["baselines"] = measured.pop("times")["baselines"]
+    record.update(measured)
+    record["baselines_date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    _write_record(out, record)
     return record
 
 
@@ -283,6 +328,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--grid", type=Path, default=None, help="where to write the picture")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--baselines-only",
+        action="store_true",
+        help="measure the baselines of the build in --out again; train nothing",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
@@ -291,6 +341,14 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--micro builds the 16 x 16 world only")
     settings = MICRO if args.micro else (LATENT8 if args.latent_size == 8 else FULL)
     command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.baselines_only:
+        record = remeasure(out, args.seed, settings, not args.quiet, grid)
+        d = record["default_prompts"]
+        print(
+            f"measured {out} again in {record['times_s']['baselines']:.0f} s; default prompts:"
+            f" train {d['train']['correct']:.3f}, test {d['test']['correct']:.3f}"
+        )
+        return
     record = build(out, args.seed, settings, not args.quiet, grid, command.strip())
     p = record["pipeline"]
     print(

@@ -43,6 +43,15 @@ def rows(b: dict, rl: dict | None) -> list[tuple[str, str]]:
                 f"partial {a['partial']:.3f}",
             )
         )
+    for split, a in b.get("default_prompts", {}).items():
+        out.append(
+            (
+                f"pipeline, default preset's {split} prompts ({Path(a['file']).name}, "
+                f"{a['images']} images)",
+                f"exact {_pct(a['correct'])} (se {_pct(a['correct_se'])}), "
+                f"partial {a['partial']:.3f}",
+            )
+        )
     c = b["clip"]
     out.append((f"CLIP top-1 caption true, {c['renders']} renders", _pct(c["top1"])))
     out.append(

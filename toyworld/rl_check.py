@@ -97,20 +97,25 @@ def reusable_before(cfg: Config, images: int, seed: int) -> dict | None:
         return None
     b = json.loads(path.read_text(encoding="utf-8"))
     sp, s = b["sampler"], cfg.sampling
-    # the baseline sampled the packaged "all" prompt sets
-    same_prompts = all(
-        load_prompts(getattr(cfg.prompts, split)) == load_prompts(prompt_file("all", split))
-        for split in ("train", "test")
-    )
-    same = (
-        same_prompts
-        and sp["num_steps"] == s.num_steps
+    same_sampler = (
+        sp["num_steps"] == s.num_steps
         and sp["guidance_scale"] == s.guidance_scale
         and sp["eta"] == s.eta
         and sp["images_per_split"] == images
         and sp["seed"] == seed
     )
-    return b["pipeline"] if same else None
+    if not same_sampler:
+        return None
+    wanted = {split: load_prompts(getattr(cfg.prompts, split)) for split in ("train", "test")}
+    # the baseline sampled the packaged "all" prompt sets and the default preset's own
+    recorded = [({x: prompt_file("all", x) for x in wanted}, b["pipeline"])]
+    if "default_prompts" in b:
+        d = b["default_prompts"]
+        recorded.append(({x: resolve_path(d[x]["file"]) for x in wanted}, d))
+    for files, numbers in recorded:
+        if all(load_prompts(files[x]) == wanted[x] for x in wanted):
+            return {x: {k: v for k, v in numbers[x].items() if k != "file"} for x in wanted}
+    return None
 
 
 def run(cfg: Config, reward: str, images: int, eval_seed: int, log=print) -> dict:

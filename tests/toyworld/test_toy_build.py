@@ -33,6 +33,8 @@ def test_micro_build_writes_loadable_assets(micro_build):
     b = json.loads((out / "baselines.json").read_text())
     assert b["seed"] == 3 and "--micro" in b["command"]
     assert set(b["pipeline"]) == {"train", "test"}
+    default = b["default_prompts"]  # the default preset's own prompt files
+    assert default["train"]["file"].endswith("_train.txt") and default["test"]["images"] == 8
     for key in ("top1", "hard_negatives"):
         assert key in b["clip"]
     assert (out / "BUILD.md").read_text().startswith("# Toy world build record")
@@ -56,7 +58,25 @@ def test_report_prints_a_table(micro_build, capsys, tmp_path):
 
 def test_report_of_the_shipped_assets_prints(capsys):
     report.main(["--dir", str(ASSETS_DIR)])
-    assert "pipeline, train prompts" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "pipeline, train prompts" in text
+    assert "pipeline, default preset's test prompts (unusual_test.txt, 520 images)" in text
+
+
+def test_baselines_only_measures_an_existing_build_again(micro_build, capsys):
+    args = ["--out", str(micro_build), "--quiet", "--baselines-only"]
+    before = json.loads((micro_build / "baselines.json").read_text())
+    build.main([*args, "--micro", "--seed", "3"])
+    after = json.loads((micro_build / "baselines.json").read_text())
+    assert "measured" in capsys.readouterr().out
+    # same models, same noise: the same numbers; the build's own record is kept
+    for key in ("pipeline", "default_prompts", "clip", "training", "command", "date"):
+        assert after[key] == before[key], key
+    assert "baselines_date" in after
+    with pytest.raises(SystemExit, match="seed 3, not --seed 4"):
+        build.main([*args, "--micro", "--seed", "4"])
+    with pytest.raises(SystemExit, match="other settings"):
+        build.main([*args, "--seed", "3"])
 
 
 def test_latent8_world_shapes():

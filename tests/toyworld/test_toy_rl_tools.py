@@ -132,6 +132,8 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
 def test_recorded_baseline_is_reused_only_for_the_same_prompts():
     cfg = load_config(DEFAULT_PRESET)
     assert rl_check.reusable_before(cfg, 520, 0) is not None  # what the build measured
+    packaged = [f"prompts.{x}=toyworld/prompts/all_{x}.txt" for x in ("train", "test")]
+    assert rl_check.reusable_before(load_config(DEFAULT_PRESET, packaged), 520, 0) is not None
     other = load_config(DEFAULT_PRESET, ["prompts.train=toyworld/prompts/binding_train.txt"])
     assert rl_check.reusable_before(other, 520, 0) is None
     assert (
