@@ -293,7 +293,19 @@ def _write_record(out: Path, record: dict) -> None:
     write_build_md(out)
 
 
-def remeasure(out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path) -> dict:
+def _recorded_match(recorded: dict, current: dict) -> bool:
+    """Every setting the record holds equals the current one (fields added since the build
+    was recorded are not in it)."""
+    current = json.loads(json.dumps(current))
+    return all(
+        _recorded_match(v, current.get(k, {})) if isinstance(v, dict) else current.get(k) == v
+        for k, v in recorded.items()
+    )
+
+
+def remeasure(
+    out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path, command: str
+) -> dict:
     """Measure the baselines of an existing build again (e.g. after the default preset's
     prompts changed) and update its baselines.json and BUILD.md; the models are untouched."""
     path = out / "baselines.json"
@@ -303,12 +315,16 @@ def remeasure(out: Path, seed: int, settings: BuildSettings, progress: bool, gri
     if record.get("seed") != seed:
         raise SystemExit(f"{path}: built with seed {record.get('seed')}, not --seed {seed}")
     built = record.get("training", {}).get("settings")
-    if built != json.loads(json.dumps(asdict(settings))):
+    if not isinstance(built, dict) or not _recorded_match(built, asdict(settings)):
         raise SystemExit(f"{path}: built with other settings (--micro or --latent-size differ)")
     measured = measure(out, settings, seed, progress, grid)
-    record["times_s"]["baselines"] = measured.pop("times")["baselines"]
+    seconds = measured.pop("times")["baselines"]
     record.update(measured)
-    record["baselines_date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    record["remeasured"] = {  # the build's own record (command, date, times_s) stays
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "seconds": seconds,
+    }
     _write_record(out, record)
     return record
 
@@ -342,10 +358,10 @@ def main(argv: list[str] | None = None) -> None:
     settings = MICRO if args.micro else (LATENT8 if args.latent_size == 8 else FULL)
     command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.baselines_only:
-        record = remeasure(out, args.seed, settings, not args.quiet, grid)
+        record = remeasure(out, args.seed, settings, not args.quiet, grid, command.strip())
         d = record["default_prompts"]
         print(
-            f"measured {out} again in {record['times_s']['baselines']:.0f} s; default prompts:"
+            f"measured {out} again in {record['remeasured']['seconds']:.0f} s; default prompts:"
             f" train {d['train']['correct']:.3f}, test {d['test']['correct']:.3f}"
         )
         return

@@ -102,6 +102,11 @@ def write_build_md(directory: Path) -> Path:
         "",
         f"- command: `{b['command']}` (seed {b['seed']}, {b['torch_threads']} torch threads)",
         f"- date: {b['date']}",
+        *(
+            [f"- baselines measured again: `{r['command']}`, {r['date']}, {r['seconds']:.0f} s"]
+            if (r := b.get("remeasured"))
+            else []
+        ),
         f"- samples: `{b.get('grid', '')}`",
         "",
         "| measure | value |",

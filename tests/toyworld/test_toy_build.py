@@ -70,9 +70,10 @@ def test_baselines_only_measures_an_existing_build_again(micro_build, capsys):
     after = json.loads((micro_build / "baselines.json").read_text())
     assert "measured" in capsys.readouterr().out
     # same models, same noise: the same numbers; the build's own record is kept
-    for key in ("pipeline", "default_prompts", "clip", "training", "command", "date"):
+    for key in ("pipeline", "default_prompts", "clip", "training", "command", "date", "times_s"):
         assert after[key] == before[key], key
-    assert "baselines_date" in after
+    assert "--baselines-only" in after["remeasured"]["command"]
+    assert "measured again" in (micro_build / "BUILD.md").read_text()
     with pytest.raises(SystemExit, match="seed 3, not --seed 4"):
         build.main([*args, "--micro", "--seed", "4"])
     with pytest.raises(SystemExit, match="other settings"):
