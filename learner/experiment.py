@@ -234,13 +234,31 @@ def _plain(metric: str, value: float) -> str:
     return f"{value * 100:.1f} %" if _pct(metric) else f"{value:.3f}"
 
 
+def _training_times(summary: dict) -> list[str]:
+    parts = [
+        f"{name} {', '.join(f'{t:.0f}' for t in entry['train_seconds'])} s"
+        for name, entry in summary["presets"].items()
+        if entry.get("train_seconds") and None not in entry["train_seconds"]
+    ]
+    if not parts:
+        return []
+    return ["Training time per run (each run's summary.json): " + "; ".join(parts) + ".", ""]
+
+
+def run_seconds(run_dir: Path) -> float | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()).get("seconds") if path.is_file() else None
+
+
 def summary_markdown(summary: dict, command: str, images_dir: str, seconds: float) -> str:
     metrics = [m for m in METRICS if m in summary["base"]["train"]]
     lines = [
         "### Presets compared over seeds (`learner.experiment`)",
         "",
-        f"Command: `{command}` ({seconds / 60:.1f} min of this machine in all).",
+        f"Command: `{command}` (this invocation: {seconds / 60:.1f} min; runs and evaluations"
+        " kept from an earlier invocation are not counted in it).",
         "",
+        *_training_times(summary),
         "| preset | seeds | split | " + " | ".join(metrics) + " |",
         "|" + "---|" * (3 + len(metrics)),
     ]
@@ -290,7 +308,7 @@ def replace_block(path: Path, block: str) -> None:
     if BEGIN in text and END in text and text.index(BEGIN) < text.index(END):
         before, rest = text.split(BEGIN, 1)
         after = rest.split(END, 1)[1].lstrip("\n")
-        text = before + wrapped + after
+        text = before + wrapped + ("\n" + after if after else "")
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + wrapped
     write_atomic(path, text)
@@ -335,6 +353,9 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
     compare.side_by_side(runs, out, seed=args.eval_seed)
     compare.write_table(runs, out)
     summary = summarise(arms, results, base)
+    for arm in arms:
+        entry = summary["presets"][arm.name]
+        entry["train_seconds"] = [run_seconds(d) for _, d in run_dirs[arm.name]]
     summary["diversity_embedding"] = base["diversity_embedding"]
     summary["images_per_prompt"] = per_prompt
     summary["eval_seed"] = args.eval_seed

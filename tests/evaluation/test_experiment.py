@@ -66,6 +66,7 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     assert set(summary["presets"]) == {"toy_b2", "toy_ddpo"}
     for name, entry in summary["presets"].items():
         assert entry["seeds"] == [7]
+        assert len(entry["train_seconds"]) == 1 and entry["train_seconds"][0] > 0
         for split in ("train", "test"):
             row = entry["splits"][split]
             for metric in ("oracle_accuracy", "clip_score", "bert_score", "diversity"):
@@ -82,9 +83,10 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     for name in ("comparison.md", "summary.md", "reward.png", "eval.png", "side_by_side.png"):
         assert (out / name).stat().st_size > 100, name
     text = results.read_text()
-    assert text.startswith("# Results\n\nhand-written\n") and text.endswith("## After\n")
+    assert text.startswith("# Results\n\nhand-written\n") and text.endswith(f"{END}\n\n## After\n")
     assert "old" not in text and "| toy_b2 (b2) | 7 | test |" in text
     assert "](exp/reward.png)" in text  # images linked relative to the results file
+    assert "Training time per run (each run's summary.json): toy_b2 " in text
 
     # a second call keeps the complete runs and their evaluations (the same numbers) and
     # resumes the one whose driver died after its last checkpoint (no summary.json)
@@ -96,6 +98,8 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     assert log.count("evaluation kept") == 3
     assert (out / "runs" / "toy_ddpo-s7" / "summary.json").is_file()
     again = json.loads((out / "summary.json").read_text())
+    for entry in (*again["presets"].values(), *summary["presets"].values()):
+        entry.pop("train_seconds")  # the resumed run's time is its own
     assert again["presets"] == summary["presets"] and again["base"] == summary["base"]
 
 
@@ -142,7 +146,7 @@ def test_summary_statistics_and_table():
     assert acc["std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of 0.40, 0.50
     table = summary_markdown(summary, "cmd", "img", 90.0)
     assert "| toy_b2 (b2) | 0, 1 | train | 45.0 ± 7.1 % (+15.0) | 0.500 ± 0.000 (+0.000) |" in table
-    assert "| base | - | test | 10.0 % |" in table and "(1.5 min of this machine" in table
+    assert "| base | - | test | 10.0 % |" in table and "(this invocation: 1.5 min;" in table
 
 
 def test_a_run_made_with_another_config_is_refused(tmp_path, capsys):
