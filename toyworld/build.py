@@ -198,20 +198,23 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
         "pipeline": {},
         "agreement": {},
     }
-    shown_images, shown_prompts, shown_correct = [], [], []
-    for split in ("train", "test"):
-        prompts = load_prompts(prompt_file("all", split))
-        samples = sample_and_check(
+
+    def sample(path: Path, desc: str):  # the preset's sampler, the same noise for every set
+        return sample_and_check(
             model,
-            prompts,
+            load_prompts(path),
             s.eval_images,
             sp.num_steps,
             sp.guidance_scale,
             seed,
             eta=sp.eta,
             progress=progress,
-            desc=f"baseline {split}",
+            desc=desc,
         )
+
+    shown_images, shown_prompts, shown_correct = [], [], []
+    for split in ("train", "test"):
+        samples = sample(prompt_file("all", split), f"baseline {split}")
         result["pipeline"][split] = samples.accuracy().as_dict()
         result["agreement"][split] = clip_agreement(
             scorer, samples.images, samples.prompts, samples.correct
@@ -225,17 +228,7 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
     result["default_prompts"] = {}
     for split in ("train", "test"):
         path = getattr(preset.prompts, split)
-        samples = sample_and_check(
-            model,
-            load_prompts(PROJECT_ROOT / path),
-            s.eval_images,
-            sp.num_steps,
-            sp.guidance_scale,
-            seed,
-            eta=sp.eta,
-            progress=progress,
-            desc=f"baseline default {split}",
-        )
+        samples = sample(PROJECT_ROOT / path, f"baseline default {split}")
         result["default_prompts"][split] = {"file": path, **samples.accuracy().as_dict()}
     result["clip"] = clip_retrieval(scorer, s.retrieval_renders, seed=seed + 6)
     grid.parent.mkdir(parents=True, exist_ok=True)
