@@ -7,7 +7,12 @@ generalisation. "binding": two objects whose colour-shape pairs in test are unus
 swapped object orders and unusual pairs; "all": both. "unusual": the binding test prompts
 split in two (odd lines train, even lines test), five colour-shape combinations the model
 was never pretrained on to train and five others held out: the default presets' set,
-where the pretrained model is far from right and RL has room (docs/RESULTS.md).
+where the pretrained model is far from right and RL has room (docs/RESULTS.md). Every
+"unusual" held-out prompt has a yellow object and no train prompt has one (the yellow
+square, the unusual object of three of them, is never trained). "recombine": the same ten
+prompts split so that every held-out prompt's unusual objects are trained beside other
+partners (first five lines train, last five test), a test of recombination
+(docs/RESULTS.md, eighth session).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from pathlib import Path
 from toyworld.grammar import ObjectSpec, Spec, all_specs, caption, normalise, parse
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
-TEMPLATES = ("binding", "spatial", "all", "unusual")
+TEMPLATES = ("binding", "spatial", "all", "unusual", "recombine")
 SPLITS = ("train", "test")
 
 # The colour-shape pairs multi-object train prompts use, like the paper's natural fruit

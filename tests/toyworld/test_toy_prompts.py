@@ -28,7 +28,7 @@ def words(prompts):
 def test_packaged_files_are_canonical_grammar_lines(template, split):
     path = prompt_file(template, split)
     prompts = load_prompts(path)
-    size = {"all": (16, 24), "unusual": (5, 5)}.get(template, (8, 12))
+    size = {"all": (16, 24), "unusual": (5, 5), "recombine": (5, 5)}.get(template, (8, 12))
     assert size[0] <= len(prompts) <= size[1]
     text = path.read_text(encoding="utf-8")
     # no blank lines, no variant spellings, no duplicates: the file is what load_prompts gives
@@ -73,6 +73,21 @@ def test_unusual_sets_split_the_binding_test_prompts_and_were_never_pretrained()
     binding_test = load_prompts(prompt_file("binding", "test"))
     assert (train, test) == (binding_test[0::2], binding_test[1::2])
     assert not meanings(pretraining_captions()) & meanings(train + test)
+
+
+def test_recombine_sets_train_every_held_out_unusual_object_beside_another_partner():
+    train = load_prompts(prompt_file("recombine", "train"))
+    test = load_prompts(prompt_file("recombine", "test"))
+    binding_test = load_prompts(prompt_file("binding", "test"))
+    assert (train, test) == (binding_test[:5], binding_test[5:])
+    trained = {obj for p in train for obj in parse(p).objects if obj not in NATURAL_BINDINGS}
+    for prompt in test:
+        unusual = {obj for obj in parse(prompt).objects if obj not in NATURAL_BINDINGS}
+        assert unusual and unusual <= trained, prompt
+    # the unusual split, by contrast, never trains the yellow square its held-out set tests
+    unusual_train = load_prompts(prompt_file("unusual", "train"))
+    assert "yellow" not in words(unusual_train)
+    assert all("yellow" in p for p in load_prompts(prompt_file("unusual", "test")))
 
 
 def test_spatial_sets_cover_relations_and_counting():
