@@ -23,6 +23,14 @@ class ModelConfig(Section):
     revision: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    allow_tf32: bool = Field(
+        False,
+        description="On a CUDA GPU, let float32 matrix products and convolutions run in TF32 "
+        "(faster, about 1e-3 relative error; PyTorch allows it for convolutions by default). "
+        "Off: TF32 breaks the ratio-1 identity of PPO at unchanged weights a thousandfold, and "
+        "DDPO runs on the toy world collapsed with it (docs/RESULTS.md, ninth session). "
+        "No effect on float16 / bfloat16 models or on the CPU.",
+    )
 
 
 class SamplingConfig(Section):

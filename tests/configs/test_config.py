@@ -3,10 +3,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from configs.load import PRESET_DIR, ConfigError, dump_config, flatten, load_config
 from configs.schema import Config
-from diffusion.pipeline import PipelineLoadError, load_model
+from diffusion import pipeline
+from diffusion.pipeline import PipelineLoadError, load_model, set_tf32
 from learner.prompts import PromptFileError, load_prompts
 
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
@@ -123,3 +125,30 @@ def test_packages_import_without_ray():
         "assert 'ray' not in sys.modules, 'the core must not import ray'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
+
+
+@pytest.fixture()
+def tf32_flags():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_tf32_is_off_on_cuda_unless_the_config_allows_it(tf32_flags):
+    assert Config().model.allow_tf32 is False
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    set_tf32(torch.device("cpu"), False)  # the CPU has no TF32: nothing changes
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    set_tf32(torch.device("cuda"), False)
+    assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+    set_tf32(torch.device("cuda", 0), True)
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+def test_load_model_applies_allow_tf32(monkeypatch, tiny_pipeline_dir):
+    seen = []
+    monkeypatch.setattr(pipeline, "set_tf32", lambda device, allow: seen.append((device, allow)))
+    cfg = Config().model.model_copy(update={"pretrained": str(tiny_pipeline_dir)})
+    load_model(cfg, torch.device("cpu"))
+    load_model(cfg.model_copy(update={"allow_tf32": True}), torch.device("cpu"))
+    assert seen == [(torch.device("cpu"), False), (torch.device("cpu"), True)]
