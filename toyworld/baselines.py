@@ -65,16 +65,21 @@ def clip_agreement(
 ) -> dict:
     scores = scorer.score(images, prompts)
     agree, pairs = 0.0, 0
+    per_prompt: dict[str, float | None] = {}  # None: the checker calls all or none correct
     for prompt in dict.fromkeys(prompts):
         m = np.array([p == prompt for p in prompts])
         good, bad = scores[m & correct], scores[m & ~correct]
+        per_prompt[prompt] = None
         if len(good) and len(bad):
             diff = good[:, None] - bad[None, :]
-            agree += float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            won = float((diff > 0).sum() + 0.5 * (diff == 0).sum())
+            per_prompt[prompt] = won / diff.size
+            agree += won
             pairs += diff.size
     return {
         "pairs": pairs,
         "agreement": agree / pairs if pairs else float("nan"),
         "score_correct": float(scores[correct].mean()) if correct.any() else float("nan"),
         "score_wrong": float(scores[~correct].mean()) if (~correct).any() else float("nan"),
+        "per_prompt": per_prompt,
     }

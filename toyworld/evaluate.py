@@ -42,6 +42,11 @@ class Samples:
         c = float(self.correct.mean())
         return Accuracy(n, c, float(self.partial.mean()), float(np.sqrt(c * (1 - c) / n)))
 
+    def per_prompt(self) -> dict[str, float]:
+        """Share judged exactly right, per prompt, in the order prompts first appear."""
+        wanted = np.asarray(self.prompts)
+        return {p: float(self.correct[wanted == p].mean()) for p in dict.fromkeys(self.prompts)}
+
 
 def eval_prompts(prompts: list[str], images: int) -> list[str]:
     """`images` prompts cycling through the set in order (each prompt equally often when

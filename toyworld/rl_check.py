@@ -78,12 +78,13 @@ def reward_function(name: str, cfg: Config):
 
 def accuracy(model, cfg: Config, prompts: list[str], images: int, seed: int, desc: str) -> dict:
     if images == 0:  # --images 0: watch the per-stage numbers only
-        return {"images": 0, "correct": float("nan"), "partial": float("nan"), "correct_se": 0.0}
+        nan = float("nan")
+        return {"images": 0, "correct": nan, "partial": nan, "correct_se": 0.0, "per_prompt": {}}
     s = cfg.sampling
     samples = sample_and_check(
         model, prompts, images, s.num_steps, s.guidance_scale, seed, eta=s.eta, desc=desc
     )
-    return samples.accuracy().as_dict()
+    return {**samples.accuracy().as_dict(), "per_prompt": samples.per_prompt()}
 
 
 def _default_assets(cfg: Config) -> bool:

@@ -10,6 +10,7 @@ import torch
 
 from configs.load import DEFAULT_PRESET, load_config
 from toyworld import grad_signal, rl_check
+from toyworld.baselines import clip_agreement
 
 TINY = [
     "sampling.num_steps=3",
@@ -127,6 +128,8 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
     assert all(0.0 <= m["reward_within_trunk"] <= 1.0 for m in r["per_stage"])
     for split in ("train", "test"):
         assert r["after"][split]["images"] == 4
+        per_prompt = r["after"][split]["per_prompt"]  # the first four prompts, one image each
+        assert len(per_prompt) == 4 and set(per_prompt.values()) <= {0.0, 1.0}
 
 
 def test_recorded_baseline_is_reused_only_for_the_same_prompts():
@@ -140,3 +143,16 @@ def test_recorded_baseline_is_reused_only_for_the_same_prompts():
         rl_check.reusable_before(cfg, 64, 0) is None
         and rl_check.reusable_before(cfg, 520, 1) is None
     )
+
+
+def test_clip_agreement_per_prompt_counts_correct_over_wrong_pairs():
+    class Scores:  # stands in for the toy CLIP: the given scores, in image order
+        def score(self, images, prompts):
+            return np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.3, 0.7])
+
+    prompts = ["a"] * 3 + ["b"] * 2 + ["c"] * 2
+    correct = np.array([True, False, False, True, False, True, True])
+    g = clip_agreement(Scores(), torch.zeros(7, 3, 4, 4), prompts, correct)
+    # a: 0.9 beats 0.1 and 0.5; b: 0.2 loses to 0.8; c: all correct, no pair
+    assert g["per_prompt"] == {"a": 1.0, "b": 0.0, "c": None}
+    assert g["pairs"] == 3 and g["agreement"] == pytest.approx(2 / 3)
