@@ -1,0 +1,91 @@
+"""How the base model gets two-object prompts wrong, per prompt (ninth session).
+
+    PYTHONPATH=. python docs/experiments/2026-11-27-failure-modes/failure_modes.py \
+        --out FILE [--per-prompt 64] PROMPT_FILE...
+
+Samples the shipped base model on every prompt (the default sampler, evaluation seed 1234)
+and sorts each image by what the checker's detector finds (`toyworld.checker.detect`):
+  correct  - the checker's verdict;
+  count    - not exactly two objects;
+  colour   - two objects, the prompt's two shapes, but not its colours with them (a colour
+             leaked from the partner, swapped, or another colour);
+  shape    - two objects, the prompt's two colours, but not its shapes with them;
+  both     - two objects, neither the prompt's shapes nor its colours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from configs.load import DEFAULT_PRESET, load_config
+from diffusion.pipeline import load_model
+from toyworld.checker import as_uint8_images, detect
+from toyworld.evaluate import sample_and_check
+from toyworld.grammar import parse
+from toyworld.prompts import load_prompts
+
+MODES = ("correct", "count", "colour", "shape", "both")
+
+
+def mode(prompt: str, image: np.ndarray, correct: bool) -> str:
+    if correct:
+        return "correct"
+    found = detect(image)
+    if len(found) != 2:
+        return "count"
+    spec = parse(prompt)
+    shapes_ok = Counter(o.shape for o in found) == Counter(o.shape for o in spec.objects)
+    colours_ok = Counter(o.colour for o in found) == Counter(o.colour for o in spec.objects)
+    if shapes_ok and not colours_ok:
+        return "colour"
+    if colours_ok and not shapes_ok:
+        return "shape"
+    if shapes_ok and colours_ok:
+        return "colour"  # right colours and shapes, bound the wrong way round
+    return "both"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("files", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--per-prompt", type=int, default=64)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cfg = load_config(DEFAULT_PRESET)
+    model = load_model(cfg.model)
+    prompts = list(dict.fromkeys(p for f in args.files for p in load_prompts(f)))
+    s = cfg.sampling
+    samples = sample_and_check(
+        model,
+        prompts,
+        args.per_prompt * len(prompts),
+        s.num_steps,
+        s.guidance_scale,
+        1234,
+        eta=s.eta,
+        desc="base",
+    )
+    images = as_uint8_images(samples.images.permute(0, 2, 3, 1).numpy())
+    counts: dict[str, Counter] = {p: Counter() for p in prompts}
+    for prompt, image, ok in zip(samples.prompts, images, samples.correct, strict=True):
+        counts[prompt][mode(prompt, image, bool(ok))] += 1
+    out = {
+        "images_per_prompt": args.per_prompt,
+        "seed": 1234,
+        "per_prompt": {p: {m: c[m] / args.per_prompt for m in MODES} for p, c in counts.items()},
+    }
+    args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+    print("correct count colour shape both  prompt")
+    for p, shares in out["per_prompt"].items():
+        print("  ".join(f"{shares[m]:.2f}" for m in MODES), p)
+
+
+if __name__ == "__main__":
+    main()
