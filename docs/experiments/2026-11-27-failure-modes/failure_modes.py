@@ -1,10 +1,12 @@
 """How the base model gets two-object prompts wrong, per prompt (ninth session).
 
     PYTHONPATH=. python docs/experiments/2026-11-27-failure-modes/failure_modes.py \
-        --out FILE [--per-prompt 64] PROMPT_FILE...
+        --out FILE [--per-prompt 64] [--checkpoint base|RUN_DIR|STAGE_DIR] PROMPT_FILE...
 
-Samples the shipped base model on every prompt (the default sampler, evaluation seed 1234)
-and sorts each image by what the checker's detector finds (`toyworld.checker.detect`):
+Samples the shipped base model, or a run's policy (`learner.evaluate`'s checkpoint
+argument), on every prompt (the default sampler, evaluation seed 1234: the same noise for
+every checkpoint) and sorts each image by what the checker's detector finds
+(`toyworld.checker.detect`):
   correct  - the checker's verdict;
   count    - not exactly two objects;
   colour   - two objects, the prompt's two shapes, but not its colours with them (a colour
@@ -23,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from configs.load import DEFAULT_PRESET, load_config
+from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model
+from learner.evaluate import resolve
 from toyworld.checker import as_uint8_images, detect
 from toyworld.evaluate import sample_and_check
 from toyworld.grammar import parse
@@ -56,10 +59,15 @@ def main() -> None:
     ap.add_argument("files", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--per-prompt", type=int, default=64)
+    ap.add_argument("--checkpoint", default="base")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(DEFAULT_PRESET)
+    target = resolve(args.checkpoint, None, [])
+    cfg = target.cfg
     model = load_model(cfg.model)
+    if target.lora is not None:
+        attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
+        load_lora_state(model.unet, target.lora, target.label)
     prompts = list(dict.fromkeys(p for f in args.files for p in load_prompts(f)))
     s = cfg.sampling
     samples = sample_and_check(
@@ -77,6 +85,7 @@ def main() -> None:
     for prompt, image, ok in zip(samples.prompts, images, samples.correct, strict=True):
         counts[prompt][mode(prompt, image, bool(ok))] += 1
     out = {
+        "checkpoint": target.label,
         "images_per_prompt": args.per_prompt,
         "seed": 1234,
         "per_prompt": {p: {m: c[m] / args.per_prompt for m in MODES} for p, c in counts.items()},
