@@ -12,7 +12,8 @@ every checkpoint) and sorts each image by what the checker's detector finds
   colour   - two objects, the prompt's two shapes, but not its colours with them (a colour
              leaked from the partner, swapped, or another colour);
   shape    - two objects, the prompt's two colours, but not its shapes with them;
-  both     - two objects, neither the prompt's shapes nor its colours.
+  both     - two objects, neither the prompt's shapes nor its colours;
+and the toy CLIP's mean score (the presets' reward) of each kind of image.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model
 from learner.evaluate import resolve
 from toyworld.checker import as_uint8_images, detect
+from toyworld.clip import CLIP_DIR, ToyClipScorer
 from toyworld.evaluate import sample_and_check
 from toyworld.grammar import parse
 from toyworld.prompts import load_prompts
@@ -82,18 +84,30 @@ def main() -> None:
     )
     images = as_uint8_images(samples.images.permute(0, 2, 3, 1).numpy())
     counts: dict[str, Counter] = {p: Counter() for p in prompts}
+    modes = []
     for prompt, image, ok in zip(samples.prompts, images, samples.correct, strict=True):
-        counts[prompt][mode(prompt, image, bool(ok))] += 1
+        modes.append(mode(prompt, image, bool(ok)))
+        counts[prompt][modes[-1]] += 1
+    # the presets' reward on the same images: what each kind of image earns
+    scores = ToyClipScorer(CLIP_DIR).score(samples.images, samples.prompts)
+    modes_arr = np.array(modes)
+    clip_by_mode = {
+        m: {"images": int((modes_arr == m).sum()), "clip": float(scores[modes_arr == m].mean())}
+        for m in MODES
+        if (modes_arr == m).any()
+    }
     out = {
         "checkpoint": target.label,
         "images_per_prompt": args.per_prompt,
         "seed": 1234,
         "per_prompt": {p: {m: c[m] / args.per_prompt for m in MODES} for p, c in counts.items()},
+        "clip_by_mode": clip_by_mode,
     }
     args.out.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
     print("correct count colour shape both  prompt")
     for p, shares in out["per_prompt"].items():
         print("  ".join(f"{shares[m]:.2f}" for m in MODES), p)
+    print("CLIP score by kind:", {m: round(v["clip"], 3) for m, v in clip_by_mode.items()})
 
 
 if __name__ == "__main__":
