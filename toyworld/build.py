@@ -47,7 +47,7 @@ from toyworld.clip import (
     toy_clip_config,
     write_config,
 )
-from toyworld.evaluate import sample_and_check
+from toyworld.evaluate import sample_with
 from toyworld.prompts import load_prompts, pretraining_captions, prompt_file
 from toyworld.render import make_dataset
 from toyworld.report import write_build_md
@@ -200,16 +200,8 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
     }
 
     def sample(path: Path, desc: str):  # the preset's sampler, the same noise for every set
-        return sample_and_check(
-            model,
-            load_prompts(path),
-            s.eval_images,
-            sp.num_steps,
-            sp.guidance_scale,
-            seed,
-            eta=sp.eta,
-            progress=progress,
-            desc=desc,
+        return sample_with(
+            model, sp, load_prompts(path), s.eval_images, seed, progress=progress, desc=desc
         )
 
     shown_images, shown_prompts, shown_correct = [], [], []

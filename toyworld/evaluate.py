@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from configs.schema import SamplingConfig
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import SamplerSettings, sample_images
 from toyworld.checker import check_batch
@@ -78,3 +79,29 @@ def sample_and_check(
     imgs = sample_images(model, wanted, settings, seed, EVAL_STAGE, progress, desc)
     correct, partial = check_batch(imgs.permute(0, 2, 3, 1).numpy(), wanted)
     return Samples(wanted, imgs, correct, partial)
+
+
+def sample_with(
+    model: DiffusionModel,
+    sampling: SamplingConfig,
+    prompts: list[str],
+    images: int,
+    seed: int,
+    batch: int = 64,
+    progress: bool = True,
+    desc: str = "sample",
+) -> Samples:
+    """`sample_and_check` with a config's sampler (DDIM steps, guidance, eta): a model
+    measured as the preset samples it."""
+    return sample_and_check(
+        model,
+        prompts,
+        images,
+        sampling.num_steps,
+        sampling.guidance_scale,
+        seed,
+        eta=sampling.eta,
+        batch=batch,
+        progress=progress,
+        desc=desc,
+    )

@@ -38,7 +38,7 @@ from learner.stage import run_stage
 from learner.update import PolicyTrainer
 from toyworld.checker import check_batch
 from toyworld.clip import ASSETS_DIR, CLIP_DIR, ToyClipScorer
-from toyworld.evaluate import sample_and_check
+from toyworld.evaluate import sample_with
 from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
@@ -80,10 +80,7 @@ def accuracy(model, cfg: Config, prompts: list[str], images: int, seed: int, des
     if images == 0:  # --images 0: watch the per-stage numbers only
         nan = float("nan")
         return {"images": 0, "correct": nan, "partial": nan, "correct_se": 0.0, "per_prompt": {}}
-    s = cfg.sampling
-    samples = sample_and_check(
-        model, prompts, images, s.num_steps, s.guidance_scale, seed, eta=s.eta, desc=desc
-    )
+    samples = sample_with(model, cfg.sampling, prompts, images, seed, desc=desc)
     return {**samples.accuracy().as_dict(), "per_prompt": samples.per_prompt()}
 
 

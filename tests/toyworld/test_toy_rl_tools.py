@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from configs.load import DEFAULT_PRESET, load_config
+from learner.prompts import load_prompts
 from toyworld import grad_signal, rl_check
 from toyworld.baselines import clip_agreement
 
@@ -129,7 +130,8 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
     for split in ("train", "test"):
         assert r["after"][split]["images"] == 4
         per_prompt = r["after"][split]["per_prompt"]  # the first four prompts, one image each
-        assert len(per_prompt) == 4 and set(per_prompt.values()) <= {0.0, 1.0}
+        first_four = load_prompts(getattr(load_config(DEFAULT_PRESET).prompts, split))[:4]
+        assert list(per_prompt) == first_four and set(per_prompt.values()) <= {0.0, 1.0}
 
 
 def test_recorded_baseline_is_reused_only_for_the_same_prompts():

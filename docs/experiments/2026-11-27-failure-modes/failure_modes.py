@@ -31,7 +31,7 @@ from diffusion.pipeline import load_model
 from learner.evaluate import resolve
 from toyworld.checker import as_uint8_images, detect
 from toyworld.clip import CLIP_DIR, ToyClipScorer
-from toyworld.evaluate import sample_and_check
+from toyworld.evaluate import sample_with
 from toyworld.grammar import parse
 from toyworld.prompts import load_prompts
 
@@ -71,17 +71,8 @@ def main() -> None:
         attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
         load_lora_state(model.unet, target.lora, target.label)
     prompts = list(dict.fromkeys(p for f in args.files for p in load_prompts(f)))
-    s = cfg.sampling
-    samples = sample_and_check(
-        model,
-        prompts,
-        args.per_prompt * len(prompts),
-        s.num_steps,
-        s.guidance_scale,
-        1234,
-        eta=s.eta,
-        desc="base",
-    )
+    n = args.per_prompt * len(prompts)
+    samples = sample_with(model, cfg.sampling, prompts, n, 1234, desc=target.label)
     images = as_uint8_images(samples.images.permute(0, 2, 3, 1).numpy())
     counts: dict[str, Counter] = {p: Counter() for p in prompts}
     modes = []

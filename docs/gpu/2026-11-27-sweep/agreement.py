@@ -18,7 +18,7 @@ from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
 from toyworld.baselines import clip_agreement
 from toyworld.clip import CLIP_DIR, ToyClipScorer
-from toyworld.evaluate import sample_and_check
+from toyworld.evaluate import sample_with
 from toyworld.prompts import load_prompts
 
 
@@ -33,17 +33,7 @@ def main() -> None:
     cfg = load_config(DEFAULT_PRESET, [f"model.device={args.device}"])
     model = load_model(cfg.model)
     prompts = list(dict.fromkeys(p for f in args.files for p in load_prompts(f)))
-    s = cfg.sampling
-    samples = sample_and_check(
-        model,
-        prompts,
-        args.per_prompt * len(prompts),
-        s.num_steps,
-        s.guidance_scale,
-        1234,
-        eta=s.eta,
-        desc="base",
-    )
+    samples = sample_with(model, cfg.sampling, prompts, args.per_prompt * len(prompts), 1234)
     g = clip_agreement(ToyClipScorer(CLIP_DIR), samples.images, samples.prompts, samples.correct)
     out = {
         "files": [str(f) for f in args.files],

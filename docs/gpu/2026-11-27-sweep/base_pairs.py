@@ -24,7 +24,7 @@ import torch
 
 from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
-from toyworld.evaluate import sample_and_check
+from toyworld.evaluate import sample_with
 from toyworld.grammar import all_specs, caption, normalise, parse
 from toyworld.prompts import BRIDGE_CAPTIONS, NATURAL_BINDINGS, _natural
 
@@ -66,18 +66,8 @@ def main() -> None:
     model = load_model(cfg.model)
     meanings = unseen_pairs()
     captions = [c for cs in meanings.values() for c in cs]
-    s = cfg.sampling
-    samples = sample_and_check(
-        model,
-        captions,
-        args.per_caption * len(captions),
-        s.num_steps,
-        s.guidance_scale,
-        4321,
-        eta=s.eta,
-        batch=args.batch,
-        desc="base pairs",
-    )
+    n = args.per_caption * len(captions)
+    samples = sample_with(model, cfg.sampling, captions, n, 4321, args.batch, desc="base pairs")
     per_caption = samples.per_prompt()
     rates = {m: sum(per_caption[c] for c in cs) / len(cs) for m, cs in meanings.items()}
     args.out.mkdir(parents=True, exist_ok=True)
