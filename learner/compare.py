@@ -170,14 +170,22 @@ def plot_eval(runs: list[RunData], out: Path) -> Path:
     return path
 
 
-def side_by_side(runs: list[RunData], out: Path, n_prompts: int = 6, seed: int = 1234) -> Path:
-    """The same test prompts and noise for every run: rows are prompts, columns runs."""
+def side_by_side(
+    runs: list[RunData],
+    out: Path,
+    n_prompts: int = 6,
+    seed: int = 1234,
+    prompts: list[str] | None = None,
+) -> Path:
+    """The same test prompts and noise for every run: rows are prompts, columns runs. The
+    prompts: the given ones, else the first run's held-out (test) prompts."""
     from learner.evaluate import Evaluator, resolve
     from learner.grid import save_grid
     from learner.prompts import load_prompts
 
     columns = []
-    prompts = None
+    if prompts is not None:
+        prompts = prompts[:n_prompts]
     for r in runs:
         ev = Evaluator(resolve(str(r.run_dir), None, []))
         if prompts is None:

@@ -6,9 +6,11 @@
 For every preset and seed it trains a run (the path `learner.main` takes: a local Ray on
 127.0.0.1, or the cluster in RAY_ADDRESS) into DIR/runs/<preset>-s<seed>, skipping runs
 that are complete and resuming those that are not, so an interrupted experiment continues
-where it stopped. It then evaluates every final checkpoint and the untrained base model on
-the train and test prompts with the same noise (`learner.evaluate`; the numbers also go to
-each run's MLflow run), and writes
+where it stopped (the held-out prompts are not part of a run: `--set prompts.test=FILE`
+evaluates finished runs on other held-out prompts without training them again). It then
+evaluates every final checkpoint and the untrained base model on the train and test prompts
+with the same noise (`learner.evaluate`; the numbers also go to each run's MLflow run), and
+writes
 - DIR/comparison.md, reward.png, eval.png, side_by_side.png (`learner.compare`);
 - DIR/summary.md and summary.json: per preset the mean and spread over seeds of every
   evaluation metric, and its change from the base model.
@@ -175,14 +177,21 @@ def evaluate_once(
     log,
 ) -> dict:
     """learner.evaluate of both splits, stored as out_dir/<label>_all.json (where
-    `learner.compare` finds it); an existing result with the same settings is reused."""
+    `learner.compare` finds it); an existing result with the same settings (images per
+    prompt, seed and the prompts of both splits) is reused."""
     from learner.evaluate import evaluate, resolve, save_result
+    from learner.prompts import load_prompts
 
     target = resolve(ref, config, overrides)
     path = out_dir / f"{target.label.replace('@', '_')}_all.json"
     if path.is_file():
         old = json.loads(path.read_text())
-        if old.get("images_per_prompt") == per_prompt and old.get("seed") == seed:
+        same_prompts = all(
+            set(old.get("splits", {}).get(s, {}).get("per_prompt", {}))
+            == set(load_prompts(getattr(target.cfg.prompts, s), f"prompts.{s}"))
+            for s in SPLITS
+        )
+        if old.get("images_per_prompt") == per_prompt and old.get("seed") == seed and same_prompts:
             log(f"{target.label}: evaluation kept")
             return old
     log(f"{target.label}: evaluating {per_prompt} images per prompt, seed {seed}")
@@ -316,6 +325,7 @@ def replace_block(path: Path, block: str) -> None:
 
 def run_experiment(args: argparse.Namespace, log=print) -> dict:
     from learner import compare
+    from learner.prompts import load_prompts
     from learner.run import connect
 
     t0 = time.perf_counter()
@@ -341,8 +351,10 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
     results: dict[str, list[tuple[int, dict]]] = {}
     for arm in arms:
         for seed, run_dir in run_dirs[arm.name]:
+            # on the experiment's held-out prompts, which may be newer than the run's
+            test = [f"prompts.test={arm.cfg.prompts.test}"]
             r = evaluate_once(
-                str(run_dir), None, [], run_dir / "eval", per_prompt, args.eval_seed, log
+                str(run_dir), None, test, run_dir / "eval", per_prompt, args.eval_seed, log
             )
             results.setdefault(arm.name, []).append((seed, r))
     runs = [compare.load_run(d) for arm in arms for _, d in run_dirs[arm.name]]
@@ -350,7 +362,8 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
         r.evals = [base, *(e for e in r.evals if e.get("seed") == args.eval_seed)]
     compare.plot_reward(runs, out)
     compare.plot_eval(runs, out)
-    compare.side_by_side(runs, out, seed=args.eval_seed)
+    held_out = load_prompts(arms[0].cfg.prompts.test, "prompts.test")
+    compare.side_by_side(runs, out, seed=args.eval_seed, prompts=held_out)
     compare.write_table(runs, out)
     summary = summarise(arms, results, base)
     for arm in arms:

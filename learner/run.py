@@ -54,8 +54,18 @@ def connect(cfg: Config) -> bool:
     return True
 
 
+def _training_view(cfg: Config) -> dict:
+    """The config as training sees it: the held-out prompts (prompts.test) are read only
+    by evaluation, so a run stays the same run when they change."""
+    d = cfg.model_dump(mode="json")
+    d["prompts"] = {k: v for k, v in d["prompts"].items() if k != "test"}
+    return d
+
+
 def config_diff(a: Config, b: Config) -> str | None:
-    da, db = a.model_dump(mode="json"), b.model_dump(mode="json")
+    """The first top-level key at which two configs train differently (None: the same run,
+    up to RESUMABLE_KEYS and the held-out prompts)."""
+    da, db = _training_view(a), _training_view(b)
     for key in da:
         if key not in RESUMABLE_KEYS and da[key] != db[key]:
             return key

@@ -10,6 +10,9 @@ import pytest
 from configs.load import DEFAULT_PRESET
 from learner.experiment import BEGIN, DDPO_PRESET, END, replace_block
 from learner.experiment import main as experiment_main
+from toyworld.prompts import load_prompts
+
+_tiny_train = "toyworld/prompts/binding_train.txt"
 
 
 def _tiny(tiny_pipeline_dir) -> list[str]:
@@ -26,7 +29,7 @@ def _tiny(tiny_pipeline_dir) -> list[str]:
         "runtime.rollout_actors=1",
         "logging.mlflow=false",
         "logging.grid_every=0",
-        "prompts.train=toyworld/prompts/binding_train.txt",
+        f"prompts.train={_tiny_train}",
         "prompts.test=toyworld/prompts/binding_test.txt",
     ]
 
@@ -101,6 +104,32 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     for entry in (*again["presets"].values(), *summary["presets"].values()):
         entry.pop("train_seconds")  # the resumed run's time is its own
     assert again["presets"] == summary["presets"] and again["base"] == summary["base"]
+
+    # other held-out prompts: the runs are kept (training never reads them), every
+    # evaluation is made again on the new prompts, and the grid shows them
+    capsys.readouterr()
+    spatial = "toyworld/prompts/spatial_test.txt"
+    assert experiment_main([*argv, f"prompts.test={spatial}"]) == 0
+    log = capsys.readouterr().out
+    assert log.count("complete, kept") == 2 and "evaluation kept" not in log
+    wanted = set(load_prompts(spatial))
+    for name in ("toy_b2", "toy_ddpo"):
+        (result,) = (out / "runs" / f"{name}-s7" / "eval").glob("*_all.json")
+        splits = json.loads(result.read_text())["splits"]
+        assert set(splits["test"]["per_prompt"]) == wanted
+        assert set(splits["train"]["per_prompt"]) == set(load_prompts(_tiny_train))
+    third = json.loads((out / "summary.json").read_text())
+    assert third["base"]["train"] == summary["base"]["train"]
+    assert third["base"]["test"] != summary["base"]["test"]
+
+
+def test_held_out_prompts_are_not_part_of_a_run():
+    from configs.load import load_config
+    from learner.run import config_diff
+
+    cfg = load_config(DEFAULT_PRESET)
+    assert config_diff(cfg, load_config(DEFAULT_PRESET, ["prompts.test=x.txt"])) is None
+    assert config_diff(cfg, load_config(DEFAULT_PRESET, ["prompts.train=x.txt"])) == "prompts"
 
 
 def test_unequal_budgets_are_refused(tiny_pipeline_dir, tmp_path, presets, capsys):
