@@ -12,7 +12,11 @@ where the pretrained model is far from right and RL has room (docs/RESULTS.md). 
 square, the unusual object of three of them, is never trained). "recombine": the same ten
 prompts split so that every held-out prompt's unusual objects are trained beside other
 partners (first five lines train, last five test), a test of recombination
-(docs/RESULTS.md, eighth session).
+(docs/RESULTS.md, eighth session). "relations" (the default presets' set since the tenth
+session): the "unusual" train prompts, held out in relation sentences: each of the five
+trained pairs with "left of", "right of", "above" and "below" (20 prompts, none a
+pretraining caption): new prompts for the pairs RL trained, where what RL teaches this
+model carries; to new pairs it does not (docs/RESULTS.md, tenth session).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from pathlib import Path
 from toyworld.grammar import ObjectSpec, Spec, all_specs, caption, normalise, parse
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
-TEMPLATES = ("binding", "spatial", "all", "unusual", "recombine")
+TEMPLATES = ("binding", "spatial", "all", "unusual", "recombine", "relations")
 SPLITS = ("train", "test")
+# sets that share another set's file for one split (one file per meaning, not a copy)
+_SHARED = {("relations", "train"): ("unusual", "train")}
 
 # The colour-shape pairs multi-object train prompts use, like the paper's natural fruit
 # colours; the other four (red triangle, green square, blue circle, yellow square) appear in
@@ -55,6 +61,7 @@ def prompt_file(template: str, split: str) -> Path:
         raise ValueError(
             f"no packaged prompt set {template!r}/{split!r}; templates {TEMPLATES}, splits {SPLITS}"
         )
+    template, split = _SHARED.get((template, split), (template, split))
     return PROMPTS_DIR / f"{template}_{split}.txt"
 
 

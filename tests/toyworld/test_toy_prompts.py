@@ -28,7 +28,9 @@ def words(prompts):
 def test_packaged_files_are_canonical_grammar_lines(template, split):
     path = prompt_file(template, split)
     prompts = load_prompts(path)
-    size = {"all": (16, 24), "unusual": (5, 5), "recombine": (5, 5)}.get(template, (8, 12))
+    size = {"all": (16, 24), "unusual": (5, 5), "recombine": (5, 5), "relations": (5, 20)}.get(
+        template, (8, 12)
+    )
     assert size[0] <= len(prompts) <= size[1]
     text = path.read_text(encoding="utf-8")
     # no blank lines, no variant spellings, no duplicates: the file is what load_prompts gives
@@ -84,6 +86,19 @@ def test_recombine_sets_train_every_held_out_unusual_object_beside_another_partn
     for prompt in test:
         unusual = {obj for obj in parse(prompt).objects if obj not in NATURAL_BINDINGS}
         assert unusual and unusual <= trained, prompt
+
+
+def test_relations_hold_out_the_unusual_train_pairs_in_every_relation_sentence():
+    # the default presets' set: the trained pairs, asked for in sentences never trained or
+    # pretrained (docs/RESULTS.md, tenth session)
+    assert prompt_file("relations", "train") == prompt_file("unusual", "train")
+    train = [parse(p) for p in load_prompts(prompt_file("relations", "train"))]
+    test = load_prompts(prompt_file("relations", "test"))
+    assert {(s.objects, s.relation) for s in map(parse, test)} == {
+        (s.objects, relation) for s in train for relation in RELATIONS
+    }
+    assert len(meanings(test)) == len(test) == 4 * len(train)
+    assert not meanings(pretraining_captions()) & meanings(test)
 
 
 def test_unusual_held_out_prompts_all_ask_for_yellow_which_no_train_prompt_has():
