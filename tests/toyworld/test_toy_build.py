@@ -60,7 +60,7 @@ def test_report_of_the_shipped_assets_prints(capsys):
     report.main(["--dir", str(ASSETS_DIR)])
     text = capsys.readouterr().out
     assert "pipeline, train prompts" in text
-    assert "pipeline, default preset's test prompts (unusual_test.txt, 520 images)" in text
+    assert "pipeline, default preset's test prompts (relations_test.txt, 520 images)" in text
 
 
 def test_baselines_only_measures_an_existing_build_again(micro_build, capsys):
