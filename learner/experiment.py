@@ -281,10 +281,16 @@ def summary_markdown(summary: dict, command: str, images_dir: str, seconds: floa
             row = entry["splits"][split]
             cells = " | ".join(_cell(m, row[m]) if m in row else "-" for m in metrics)
             lines.append(f"| {name} ({entry['algorithm']}) | {seeds} | {split} | {cells} |")
-    n = base["train"]["images"]
+    sizes = {split: base[split]["images"] for split in SPLITS}
+    n = sizes["train"]
+    per_split = (
+        f"{n} images per split"
+        if len(set(sizes.values())) == 1
+        else ", ".join(f"{v} {k} images" for k, v in sizes.items())
+    )
     acc = base["train"].get("oracle_accuracy")
     se = (
-        f" (binomial standard error of one accuracy near {acc * 100:.0f} %: "
+        f" (binomial standard error of one accuracy near {acc * 100:.0f} % on {n} images: "
         f"{100 * math.sqrt(acc * (1 - acc) / n):.1f} points)"
         if acc is not None
         else ""
@@ -292,7 +298,7 @@ def summary_markdown(summary: dict, command: str, images_dir: str, seconds: floa
     lines += [
         "",
         f"Mean ± sample standard deviation over seeds (change from base in brackets); "
-        f"{n} images per split, the same noise for every checkpoint{se}. "
+        f"{per_split}, the same noise for every checkpoint{se}. "
         f"diversity: {summary['diversity_embedding']}.",
         "",
         f"![reward per stage]({images_dir}/reward.png)",
