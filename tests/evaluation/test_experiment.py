@@ -45,7 +45,7 @@ def presets(tmp_path):
 
 
 def test_experiment_trains_evaluates_and_writes_the_summary(
-    tiny_pipeline_dir, tmp_path, presets, capsys
+    tiny_pipeline_dir, tmp_path, presets, capsys, monkeypatch
 ):
     results = tmp_path / "RESULTS.md"
     results.write_text(f"# Results\n\nhand-written\n\n{BEGIN}\nold\n{END}\n\n## After\n")
@@ -108,8 +108,16 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     # other held-out prompts: the runs are kept (training never reads them), every
     # evaluation is made again on the new prompts, and the grid shows them
     capsys.readouterr()
+    from learner import compare
+
+    shown = []
+    grid = compare.side_by_side
+    monkeypatch.setattr(
+        compare, "side_by_side", lambda *a, **k: shown.append(k["prompts"]) or grid(*a, **k)
+    )
     spatial = "toyworld/prompts/spatial_test.txt"
     assert experiment_main([*argv, f"prompts.test={spatial}"]) == 0
+    assert shown == [load_prompts(spatial)]
     log = capsys.readouterr().out
     assert log.count("complete, kept") == 2 and "evaluation kept" not in log
     wanted = set(load_prompts(spatial))
