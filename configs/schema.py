@@ -67,9 +67,15 @@ class ScheduleConfig(Section):
 
 class AdvantageConfig(Section):
     """prompt_history: B² (this stage + last `history` stages per prompt);
-    stat_tracker: DDPO's per-prompt ring buffer; group: GRPO-style, within each trunk."""
+    stat_tracker: DDPO's per-prompt ring buffer; group: GRPO-style, within each trunk.
+
+    `group_scale` (group only) is what a trunk's centred rewards are divided by: `trunk`, the
+    trunk's own std (GRPO), so branches that differ by noise alone still get advantages of
+    +-1 and pass any selection threshold; `prompt`, the std of all this stage's rewards of
+    the trunk's prompt, so a trunk whose branches barely differ gets small advantages."""
 
     mode: Literal["prompt_history", "stat_tracker", "group"] = "prompt_history"
+    group_scale: Literal["trunk", "prompt"] = "trunk"
     history: int = Field(8, ge=0)
     buffer_size: int = Field(32, ge=1)
     min_count: int = Field(16, ge=1)

@@ -2,7 +2,8 @@
 
 B² pools this stage's scores of a prompt with that prompt's scores from the last H stages;
 DDPO keeps a per-prompt ring buffer and falls back to batch statistics below a minimum
-count; `group` normalises within each trunk's branches (GRPO-style). Each keeps its memory
+count; `group` centres within each trunk's branches (GRPO-style) and scales by the trunk's
+std or the prompt's pooled one (`group_scale`). Each keeps its memory
 as plain lists so checkpoints can store it as JSON.
 """
 
@@ -36,7 +37,11 @@ class Advantages:
             trunk_ids = np.asarray(trunk_ids)
             for tid in np.unique(trunk_ids):
                 m = trunk_ids == tid
-                adv[m] = (rewards[m] - rewards[m].mean()) / (rewards[m].std() + EPS)
+                if self.cfg.group_scale == "trunk":
+                    scale = rewards[m].std()
+                else:  # prompt: every trunk of this prompt shares its pooled std
+                    scale = rewards[prompts_arr == prompts_arr[m][0]].std()
+                adv[m] = (rewards[m] - rewards[m].mean()) / (scale + EPS)
             return adv
         for prompt in dict.fromkeys(prompts):
             m = prompts_arr == prompt

@@ -79,6 +79,21 @@ def test_group_advantages_within_trunk():
     assert np.allclose(a, [-1, 1, 0, 0])
 
 
+def test_group_advantages_scaled_by_the_prompts_pooled_std():
+    trunks = np.array([0, 0, 1, 1, 2, 2])
+    rewards = np.array([0.94, 0.96, 0.1, 0.9, 0.3, 0.5])
+    prompts = ["p", "p", "p", "p", "q", "q"]
+    by_trunk = Advantages(AdvantageConfig(mode="group"))(prompts, trunks, rewards)
+    by_prompt = Advantages(AdvantageConfig(mode="group", group_scale="prompt"))(
+        prompts, trunks, rewards
+    )
+    assert np.allclose(by_trunk, [-1, 1, -1, 1, -1, 1])  # noise and a real difference alike
+    pooled = rewards[:4].std()
+    assert np.allclose(by_prompt[:4], np.array([-0.01, 0.01, -0.4, 0.4]) / pooled)
+    assert np.allclose(by_prompt[4:], [-1, 1])  # q's only trunk: its std is the prompt's
+    assert abs(by_prompt[0]) < 0.5 < abs(by_prompt[2])  # only the real difference is selected
+
+
 def test_within_trunk_share_of_reward_variance():
     trunks = np.array([0, 0, 1, 1])
     assert within_trunk_share(np.array([1.0, 1.0, 3.0, 3.0]), trunks) == 0.0  # trunks only
