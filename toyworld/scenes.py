@@ -129,3 +129,12 @@ def swap_colours(scene: Scene) -> Scene | None:
         return None
     a, b = scene.objects
     return Scene((replace(a, colour=b.colour), replace(b, colour=a.colour)), scene.size)
+
+
+def reshape(scene: Scene, rng: np.random.Generator) -> Scene:
+    """One object's shape changed in place (colour, position and size kept): the image a
+    wrong-shape sample is, the same pixels but for what is wrong."""
+    objs = list(scene.objects)
+    i = int(rng.integers(len(objs)))
+    objs[i] = replace(objs[i], shape=_other(SHAPES, objs[i].shape, rng))
+    return Scene(tuple(objs), scene.size)

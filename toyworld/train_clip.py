@@ -30,6 +30,7 @@ from toyworld.scenes import (
     add_object,
     mirror,
     near_miss,
+    reshape,
     swap_colours,
 )
 from toyworld.scenes import scene_truth as truth_of
@@ -50,7 +51,16 @@ _MISS = {
     "recolour": 1.5,
 }
 MISS_KINDS = tuple(_MISS)
-MISS_WEIGHTS = np.array(list(_MISS.values())) / sum(_MISS.values())
+
+
+def miss_weights(shape_weight: float = 1.0) -> np.ndarray:
+    """Probabilities of MISS_KINDS, with the caption-level shape near miss weighted
+    `shape_weight` instead of 1."""
+    w = np.array([shape_weight if k == "shape" else v for k, v in _MISS.items()], dtype=float)
+    return w / w.sum()
+
+
+MISS_WEIGHTS = miss_weights()
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,11 @@ class ClipTraining:
     lr: float = 2e-3
     renders_per_spec: int = 12
     degrade_share: float = 0.5
+    # more shape hard negatives (docs/RESULTS.md, "The issue's base range"): the share of
+    # negatives that are the anchor's own scene with one object reshaped in place, and the
+    # weight of the caption-level shape near miss among the other kinds (1 = the others')
+    reshape_share: float = 0.0
+    shape_weight: float = 1.0
 
 
 def _form(spec) -> str:
@@ -95,12 +110,23 @@ class RenderPool:
         return spec_id * self.per_spec + int(rng.integers(self.per_spec))
 
 
-def _near_miss_image(pool: RenderPool, spec, scene, rng: np.random.Generator):
+def _near_miss_image(
+    pool: RenderPool,
+    spec,
+    scene,
+    rng: np.random.Generator,
+    weights: np.ndarray = MISS_WEIGHTS,
+    reshape_share: float = 0.0,
+):
     """A hard negative for an anchor: mostly a render of a near-miss caption; for two
     different objects often the anchor's own scene mirrored (relation reversed) or with
-    its colours swapped (binding broken): the same pixels but for what is wrong."""
+    its colours swapped (binding broken): the same pixels but for what is wrong. A
+    `reshape_share` of them are the anchor's scene with one object reshaped in place."""
+    if reshape_share > 0 and rng.random() < reshape_share:
+        edited = reshape(scene, rng)
+        return render(edited), truth_of(edited)
     while True:
-        kind = MISS_KINDS[int(rng.choice(len(MISS_KINDS), p=MISS_WEIGHTS))]
+        kind = MISS_KINDS[int(rng.choice(len(MISS_KINDS), p=weights))]
         edited = None
         if kind == "mirror" and len(spec.objects) == 2 and not spec.is_counting:
             axis = {"left of": "x", "right of": "x", "above": "y", "below": "y"}.get(
@@ -120,7 +146,7 @@ def _near_miss_image(pool: RenderPool, spec, scene, rng: np.random.Generator):
             return render(edited), truth_of(edited)
 
 
-def _batch(pool: RenderPool, anchors: int, rng: np.random.Generator):
+def _batch(pool: RenderPool, anchors: int, rng: np.random.Generator, cfg: ClipTraining):
     """2 * anchors images (anchors first, then one near miss each), their true captions,
     and the anchors' caption ids."""
     forms = list(FORM_WEIGHTS)
@@ -136,8 +162,11 @@ def _batch(pool: RenderPool, anchors: int, rng: np.random.Generator):
         anchor_caps.append(CAPTION_INDEX[caption(pool.specs[spec_id])])
         anchor_specs.append(pool.specs[spec_id])
         anchor_rows.append(row)
+    weights = miss_weights(cfg.shape_weight)
     for spec, row in zip(anchor_specs, anchor_rows, strict=True):
-        image, truth = _near_miss_image(pool, spec, pool.scenes[row], rng)
+        image, truth = _near_miss_image(
+            pool, spec, pool.scenes[row], rng, weights, cfg.reshape_share
+        )
         images.append(image)
         truths.append(truth)
     return np.stack(images), truths, anchor_caps
@@ -177,7 +206,7 @@ def train_clip(
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, warmup=50)
-        images, truths, anchor_caps = _batch(pool, cfg.anchors, rng)
+        images, truths, anchor_caps = _batch(pool, cfg.anchors, rng, cfg)
         n = len(images)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         x = _degrade(x, cfg.degrade_share, gen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,16 @@ from configs.schema import ModelConfig
 from diffusion.pipeline import load_model
 from toyworld import build, report
 from toyworld.clip import ASSETS_DIR, CHECKPOINT_NAME, ToyClipScorer, register_toy_clip
+from toyworld.grammar import parse
+from toyworld.render import sample_scene
+from toyworld.scenes import scene_truth
+from toyworld.train_clip import (
+    MISS_KINDS,
+    MISS_WEIGHTS,
+    ClipTraining,
+    _near_miss_image,
+    miss_weights,
+)
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +107,15 @@ def test_latent8_world_shapes():
         out = unet(latents, 10, encoder_hidden_states=torch.zeros(1, 3, size.text_width)).sample
     assert out.shape == latents.shape
     assert unet.config.down_block_types == ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+
+
+def test_clip_shape_negatives_are_off_by_default():
+    assert ClipTraining().reshape_share == 0.0
+    assert np.array_equal(miss_weights(), MISS_WEIGHTS)  # the shipped recipe's draws
+    w = dict(zip(MISS_KINDS, miss_weights(3.0), strict=True))
+    assert w["shape"] == pytest.approx(3 * w["colour"])
+    pool = type("Pool", (), {})()  # reshape_share 1: never reaches the pool
+    spec = parse("a red circle and a blue square")
+    scene = sample_scene(spec, np.random.default_rng(0))
+    image, truth = _near_miss_image(pool, spec, scene, np.random.default_rng(1), reshape_share=1.0)
+    assert image.shape == (32, 32, 3) and truth != scene_truth(scene)

@@ -11,6 +11,7 @@ from toyworld.render import (
     render_prompt,
     sample_scene,
 )
+from toyworld.scenes import reshape, scene_truth
 
 PROMPTS = [
     "a red circle",
@@ -87,3 +88,21 @@ def test_make_dataset_is_grouped_and_deterministic():
     assert not np.array_equal(images, other)
     with pytest.raises(ValueError, match="purple"):
         make_dataset(["a purple circle"], 1, seed=0)
+
+
+def test_reshape_changes_one_shape_in_place_and_the_truth_follows():
+    rng = np.random.default_rng(3)
+    scene = sample_scene(parse("a red circle and a blue square"), rng)
+    for _ in range(10):
+        edited = reshape(scene, rng)
+        changed = [(a, b) for a, b in zip(scene.objects, edited.objects, strict=True) if a != b]
+        assert len(changed) == 1
+        before, after = changed[0]
+        assert after.shape != before.shape
+        assert (after.colour, after.x, after.y, after.size) == (
+            before.colour,
+            before.x,
+            before.y,
+            before.size,
+        )
+        assert scene_truth(edited) != scene_truth(scene)
