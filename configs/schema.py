@@ -80,6 +80,15 @@ class AdvantageConfig(Section):
     buffer_size: int = Field(32, ge=1)
     min_count: int = Field(16, ge=1)
 
+    @model_validator(mode="after")
+    def _check(self) -> AdvantageConfig:
+        if self.group_scale != "trunk" and self.mode != "group":
+            raise ValueError(
+                f"advantage.group_scale={self.group_scale} applies to advantage.mode=group "
+                f"only, not {self.mode}"
+            )
+        return self
+
 
 class SelectionConfig(Section):
     mode: Literal["extremes", "all"] = "extremes"

@@ -56,6 +56,7 @@ def test_resolved_config_round_trips(tmp_path):
         ("sampling:\n  branches: 0\n", [], "sampling.branches = 0"),
         ("", ["schedule.end=40"], "schedule.end=40 exceeds sampling.num_steps=20"),
         ("", ["selection.tau_pos=-1", "selection.tau_neg=1"], "tau_neg=1.0 is above tau_pos=-1.0"),
+        ("", ["advantage.group_scale=prompt"], "group_scale=prompt applies to advantage.mode"),
         ("", ["train.lr=-0.1"], "train.lr = -0.1"),
         ("", ["loss.name=reinforce"], "loss.name = 'reinforce'"),
         ("", ["rewards=[{name: vibes}]"], "rewards.0.name = 'vibes'"),
