@@ -35,12 +35,14 @@ class Advantages:
         adv = np.zeros_like(rewards)
         if self.cfg.mode == "group":
             trunk_ids = np.asarray(trunk_ids)
+            pooled = (  # prompt: every trunk of a prompt shares the prompt's std
+                {p: rewards[prompts_arr == p].std() for p in dict.fromkeys(prompts)}
+                if self.cfg.group_scale == "prompt"
+                else None
+            )
             for tid in np.unique(trunk_ids):
                 m = trunk_ids == tid
-                if self.cfg.group_scale == "trunk":
-                    scale = rewards[m].std()
-                else:  # prompt: every trunk of this prompt shares its pooled std
-                    scale = rewards[prompts_arr == prompts_arr[m][0]].std()
+                scale = rewards[m].std() if pooled is None else pooled[prompts_arr[m][0]]
                 adv[m] = (rewards[m] - rewards[m].mean()) / (scale + EPS)
             return adv
         for prompt in dict.fromkeys(prompts):

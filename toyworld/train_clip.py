@@ -146,12 +146,12 @@ def _near_miss_image(
             return render(edited), truth_of(edited)
 
 
-def _batch(pool: RenderPool, anchors: int, rng: np.random.Generator, cfg: ClipTraining):
-    """2 * anchors images (anchors first, then one near miss each), their true captions,
-    and the anchors' caption ids."""
+def _batch(pool: RenderPool, rng: np.random.Generator, cfg: ClipTraining, miss_p: np.ndarray):
+    """2 * cfg.anchors images (anchors first, then one near miss each, its kind drawn with
+    probabilities `miss_p`), their true captions, and the anchors' caption ids."""
     forms = list(FORM_WEIGHTS)
     weights = np.array(list(FORM_WEIGHTS.values()))
-    form_ids = rng.choice(len(forms), size=anchors, p=weights / weights.sum())
+    form_ids = rng.choice(len(forms), size=cfg.anchors, p=weights / weights.sum())
     images, truths, anchor_caps, anchor_specs, anchor_rows = [], [], [], [], []
     for f in form_ids:
         ids = pool.forms[forms[int(f)]]
@@ -162,10 +162,9 @@ def _batch(pool: RenderPool, anchors: int, rng: np.random.Generator, cfg: ClipTr
         anchor_caps.append(CAPTION_INDEX[caption(pool.specs[spec_id])])
         anchor_specs.append(pool.specs[spec_id])
         anchor_rows.append(row)
-    weights = miss_weights(cfg.shape_weight)
     for spec, row in zip(anchor_specs, anchor_rows, strict=True):
         image, truth = _near_miss_image(
-            pool, spec, pool.scenes[row], rng, weights, cfg.reshape_share
+            pool, spec, pool.scenes[row], rng, miss_p, cfg.reshape_share
         )
         images.append(image)
         truths.append(truth)
@@ -202,11 +201,12 @@ def train_clip(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.05)
     model.train()
     running = None
+    miss_p = miss_weights(cfg.shape_weight)
     bar = tqdm(range(cfg.steps), desc="clip", disable=not progress, mininterval=2)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg.steps, cfg.lr, warmup=50)
-        images, truths, anchor_caps = _batch(pool, cfg.anchors, rng, cfg)
+        images, truths, anchor_caps = _batch(pool, rng, cfg, miss_p)
         n = len(images)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
         x = _degrade(x, cfg.degrade_share, gen)

@@ -110,8 +110,11 @@ def test_latent8_world_shapes():
 
 
 def test_clip_shape_negatives_are_off_by_default():
-    assert ClipTraining().reshape_share == 0.0
-    assert np.array_equal(miss_weights(), MISS_WEIGHTS)  # the shipped recipe's draws
+    assert (ClipTraining().reshape_share, ClipTraining().shape_weight) == (0.0, 1.0)
+    # the shipped recipe's probabilities, written out: its draws must not change
+    shipped = np.array([1, 1, 1, 1, 1, 1, 1, 3, 1.5]) / 11.5
+    assert MISS_KINDS[7] == "mirror"
+    assert np.array_equal(miss_weights(), shipped) and np.array_equal(MISS_WEIGHTS, shipped)
     w = dict(zip(MISS_KINDS, miss_weights(3.0), strict=True))
     assert w["shape"] == pytest.approx(3 * w["colour"])
     pool = type("Pool", (), {})()  # reshape_share 1: never reaches the pool
