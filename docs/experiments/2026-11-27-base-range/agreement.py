@@ -26,6 +26,7 @@ from toyworld.clip import CLIP_DIR, ToyClipScorer
 from toyworld.evaluate import sample_with
 
 HERE = Path(__file__).parent
+EVAL_SEED = 1234  # toyworld.rl_check --eval-seed of the runs beside this script
 SETS = {
     "mid": HERE / "mid_train.txt",
     "orders": HERE / "orders_train.txt",
@@ -43,9 +44,9 @@ def main() -> None:
     cfg = load_config(DEFAULT_PRESET)
     model = load_model(cfg.model)
     scorers = {"shipped": ToyClipScorer(CLIP_DIR), "shape": ToyClipScorer(args.shape_clip)}
-    out = {"images": args.images, "eval_seed": 1234}
+    out = {"images": args.images, "eval_seed": EVAL_SEED}
     for name, path in SETS.items():
-        s = sample_with(model, cfg.sampling, load_prompts(path), args.images, 1234, desc=name)
+        s = sample_with(model, cfg.sampling, load_prompts(path), args.images, EVAL_SEED, desc=name)
         out[name] = {"correct": float(s.correct.mean())}
         for clip, scorer in scorers.items():
             a = clip_agreement(scorer, s.images, s.prompts, s.correct)
