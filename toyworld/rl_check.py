@@ -2,14 +2,16 @@
 measure the checker's accuracy on the train and held-out prompts before and after.
 
     python -m toyworld.rl_check [--config FILE] [--stages N]
-                                [--reward clip|partial|exact|brightness|darkness|random]
+                                [--reward clip|partial|exact|shuffled|brightness|darkness|random]
                                 [--images N] [--set dotted.key=value ...]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
 selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
 the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense partial
 credit (`partial`) or its exact 0/1 verdict (`exact`: the only one that sees relations);
-`brightness` (mean intensity) is the mechanics' own check and `darkness`
+`shuffled` is the exact verdict permuted at random among each trunk's branches: the same
+number of selected pairs as `exact`, with no signal in which branch is paid (the verdict's
+matched no-signal control); `brightness` (mean intensity) is the mechanics' own check and `darkness`
 (its negative) the control: a model that merely degrades towards blank images gains
 brightness too, but must lose darkness; `random` (uniform noise, independent of the image)
 shows what the updates do to the model with no signal to follow. Accuracy before and
@@ -43,7 +45,7 @@ from toyworld.prompts import prompt_file
 from toyworld.report import write_build_md
 
 # reward_function's names
-REWARDS = ("clip", "partial", "exact", "brightness", "darkness", "random")
+REWARDS = ("clip", "partial", "exact", "shuffled", "brightness", "darkness", "random")
 
 
 def reward_function(name: str, cfg: Config):
@@ -55,6 +57,16 @@ def reward_function(name: str, cfg: Config):
             return verdict[column].astype(float)
 
         return checker
+    if name == "shuffled":  # the verdict's matched control: same pairs, no signal
+        rng = np.random.default_rng(cfg.seed)
+        k = cfg.sampling.branches  # a stage's images come trunk by trunk, k branches each
+
+        def shuffled(images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+            verdict = check_batch(images.permute(0, 2, 3, 1).numpy(), prompts)[0]
+            groups = verdict.astype(float).reshape(-1, k)
+            return rng.permuted(groups, axis=1).reshape(-1)
+
+        return shuffled
     if name in ("brightness", "darkness"):  # trivially controllable: the mechanics' check
         # darkness is the control: a model that merely degrades towards blank (white)
         # images gains brightness too, but must lose darkness

@@ -97,6 +97,24 @@ def test_checker_rewards_are_its_partial_credit_and_its_verdict():
     assert partial(images[:1], [flipped]).tolist() == [1.0]
 
 
+def test_shuffled_verdict_keeps_each_trunks_count_and_forgets_which_branch():
+    """The verdict's control: a trunk of TINY's two branches, one a render of the prompt
+    and one blank, keeps one paid branch per trunk, but which one is a coin flip."""
+    from toyworld.grammar import parse
+    from toyworld.render import render, sample_scene
+
+    cfg = load_config(DEFAULT_PRESET, TINY)
+    prompt = "a red circle"
+    image = render(sample_scene(parse(prompt), np.random.default_rng(0)))
+    pair = np.stack([image, np.full_like(image, 255)])  # trunk: right branch, then blank
+    images = torch.from_numpy(np.concatenate([pair] * 8)).permute(0, 3, 1, 2)
+    fn = rl_check.reward_function("shuffled", cfg)
+    paid = np.stack([fn(images, [prompt] * 16).reshape(8, 2) for _ in range(8)])
+    assert (paid.sum(axis=2) == 1.0).all()  # every trunk still has exactly one paid branch
+    first = paid[..., 0].mean()
+    assert 0.25 < first < 0.75  # the render is paid about half the time, not always
+
+
 def test_random_reward_ignores_the_image_and_repeats_per_seed():
     cfg = load_config(DEFAULT_PRESET, TINY)
     images = torch.zeros(64, 3, 4, 4, dtype=torch.uint8)
