@@ -3,7 +3,7 @@ measure the checker's accuracy on the train and held-out prompts before and afte
 
     python -m toyworld.rl_check [--config FILE] [--stages N]
                                 [--reward clip|partial|exact|shuffled|brightness|darkness|random]
-                                [--images N] [--set dotted.key=value ...]
+                                [--images N] [--set dotted.key=value ...] [--lora-out FILE]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
 selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import save_file
 
 from configs.load import DEFAULT_PRESET, load_config, resolve_path
 from configs.schema import Config
@@ -128,7 +129,14 @@ def reusable_before(cfg: Config, images: int, seed: int) -> dict | None:
     return None
 
 
-def run(cfg: Config, reward: str, images: int, eval_seed: int, log=print) -> dict:
+def run(
+    cfg: Config,
+    reward: str,
+    images: int,
+    eval_seed: int,
+    log=print,
+    lora_out: Path | None = None,
+) -> dict:
     model = load_model(cfg.model)
     train_prompts = load_prompts(cfg.prompts.train)
     test_prompts = load_prompts(cfg.prompts.test)
@@ -166,6 +174,11 @@ def run(cfg: Config, reward: str, images: int, eval_seed: int, log=print) -> dic
             f"({sum(res.seconds.values()):.0f} s)"
         )
     t2 = time.perf_counter()
+    if lora_out is not None:  # the trained LoRA, as the learner's checkpoints store it
+        lora_out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = lora_out.with_name(f".{lora_out.name}.tmp")
+        save_file({k: v.contiguous() for k, v in trainer.weights().items()}, str(tmp))
+        tmp.replace(lora_out)
     after = {
         "train": accuracy(trainer.model, cfg, train_prompts, images, eval_seed, "after train"),
         "test": accuracy(trainer.model, cfg, test_prompts, images, eval_seed, "after test"),
@@ -193,13 +206,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    parser.add_argument(
+        "--lora-out",
+        type=Path,
+        default=None,
+        help="write the trained LoRA here (safetensors, the checkpoints' lora.safetensors format)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     overrides = list(args.overrides)
     if args.stages is not None:
         overrides.append(f"stages={args.stages}")
     cfg = load_config(args.config, overrides)
-    result = run(cfg, args.reward, args.images, args.eval_seed)
+    result = run(cfg, args.reward, args.images, args.eval_seed, lora_out=args.lora_out)
     result["command"] = "python -m toyworld.rl_check " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )

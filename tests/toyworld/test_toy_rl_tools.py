@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from configs.load import DEFAULT_PRESET, load_config
+from diffusion.pipeline import load_model
 from learner.prompts import load_prompts
+from learner.update import PolicyTrainer
 from toyworld import grad_signal, rl_check
 from toyworld.baselines import clip_agreement
 
@@ -130,7 +133,7 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
     rl_check.main(
         [
             "--reward",
-            "partial",
+            "brightness",
             "--images",
             "4",
             "--stages",
@@ -139,11 +142,19 @@ def test_rl_check_runs_two_tiny_stages(tmp_path):
             "1",
             "--out",
             str(out),
+            "--lora-out",
+            str(tmp_path / "lora.safetensors"),
         ]
         + [x for s in TINY for x in ("--set", s)]
     )
     r = json.loads(out.read_text())
     assert len(r["per_stage"]) == 2
+    # the trained LoRA loads back into a fresh adapter, and training (brightness always
+    # separates two branches, so every trunk gives a pair) moved it off zero
+    lora = load_file(str(tmp_path / "lora.safetensors"))
+    cfg = load_config(DEFAULT_PRESET, TINY)
+    PolicyTrainer(load_model(cfg.model), cfg).load_weights(lora, "lora.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
     assert all(0.0 <= m["reward_within_trunk"] <= 1.0 for m in r["per_stage"])
     for split in ("train", "test"):
         assert r["after"][split]["images"] == 4
