@@ -117,6 +117,12 @@ class LossConfig(Section):
         "prediction than the median step (|d mean/d eps| / std) has its loss term scaled "
         "down by that excess, so one near-deterministic step cannot dominate the update.",
     )
+    kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of a penalty on the KL divergence from the pretrained model "
+        "(LoRA off) of each trained transition, DPOK-style; 0 (the paper's B²) adds none.",
+    )
 
 
 class LoraConfig(Section):

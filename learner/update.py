@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.ddim import ddim_step_with_logprob, noise_step_weights
+from diffusion.ddim import ddim_step_with_logprob, noise_sensitivity, noise_step_weights
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed, guided_noise
@@ -35,6 +35,7 @@ class UpdateStats:
     optimizer_steps: int = 0
     samples: int = 0
     kl_stopped: int = 0  # 1 when train.target_kl ended the update early
+    kl_base: float = 0.0  # mean KL from the pretrained model per trained transition (kl_coef > 0)
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -74,22 +75,46 @@ class PolicyTrainer:
         uncond: torch.Tensor,
     ) -> torch.Tensor:
         """log pi_theta of transitions (rows[i], steps[i]) of the batch."""
+        return self._forward(batch, rows, steps, cond, uncond, with_kl=False)[0]
+
+    def _forward(
+        self,
+        batch: TrajectoryBatch,
+        rows: torch.Tensor,
+        steps: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        with_kl: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(log pi_theta, KL from the pretrained model) of transitions (rows[i], steps[i]);
+        the KL (the base model's forward: the UNet with its LoRA off) only `with_kl`."""
         m = self.model
         x = batch.chain[rows, steps].to(m.device, m.dtype)
         x_next = batch.chain[rows, steps + 1].to(m.device, m.dtype)
         t = batch.timesteps[steps]
-        eps = guided_noise(
-            m.unet,
-            x,
-            t.to(m.device),
-            cond,
-            uncond.expand(len(rows), -1, -1),
-            self.cfg.sampling.guidance_scale,
-        )
+        args = (x, t.to(m.device), cond, uncond.expand(len(rows), -1, -1))
+        eps = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
         _, lp = ddim_step_with_logprob(
             m.scheduler, eps, t, x, eta=self.cfg.sampling.eta, prev_sample=x_next
         )
-        return lp.float()
+        if not with_kl:
+            return lp.float(), None
+        with torch.no_grad():
+            m.unet.disable_adapters()
+            try:
+                base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
+            finally:
+                m.unet.enable_adapters()
+        # both policies are Gaussians with the step's std, so KL = (mean difference)^2 / 2
+        # std^2 = (sensitivity * eps difference)^2 / 2 per dimension (mean over dimensions,
+        # as the log-prob is)
+        sens = self._sensitivity[self._step_index(t)].to(eps.device, torch.float32)
+        gap = (eps.float() - base.float()).pow(2).mean(dim=tuple(range(1, eps.ndim)))
+        return lp.float(), 0.5 * sens.pow(2) * gap
+
+    def _step_index(self, timesteps: torch.Tensor) -> list[int]:
+        index = {int(t): i for i, t in enumerate(self.model.scheduler.timesteps.tolist())}
+        return [index[int(t)] for t in timesteps.tolist()]
 
     def _embeddings(self, batch: TrajectoryBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         unique = list(dict.fromkeys(batch.prompts))
@@ -128,10 +153,8 @@ class PolicyTrainer:
         """The loss weight of each given timestep (loss.step_weight; scheduler timesteps set)."""
         if self.cfg.loss.step_weight == "none":
             return torch.ones(len(timesteps))
-        sched = self.model.scheduler
-        w = noise_step_weights(sched, self.cfg.sampling.eta)
-        index = {int(t): i for i, t in enumerate(sched.timesteps.tolist())}
-        return w[[index[int(t)] for t in timesteps.tolist()]]
+        w = noise_step_weights(self.model.scheduler, self.cfg.sampling.eta)
+        return w[self._step_index(timesteps)]
 
     # -- update --------------------------------------------------------------------------
     def update(
@@ -148,6 +171,9 @@ class PolicyTrainer:
         emb, uncond = self._embeddings(batch)
         adv_all = torch.as_tensor(advantages, dtype=torch.float32)
         step_w = self.step_weights(batch.timesteps)  # per interval step
+        if cfg.loss.kl_coef > 0:
+            self._sensitivity = noise_sensitivity(self.model.scheduler, cfg.sampling.eta)
+        kl_sum = 0.0
         s = batch.interval
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         sums: dict[str, float] = {}
@@ -165,13 +191,16 @@ class PolicyTrainer:
                 plan = torch.as_tensor(step_plan[unit_idx])  # [b, s]
                 for j in range(s):
                     steps = plan[:, j]
-                    terms = []
+                    terms, kls = [], []
                     for col in range(unit_rows.shape[1]):
                         rows = unit_rows[:, col]
                         cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
-                        new = self._log_prob(batch, rows, steps, cond, uncond)
+                        new, kl = self._forward(
+                            batch, rows, steps, cond, uncond, with_kl=cfg.loss.kl_coef > 0
+                        )
                         old = batch.log_probs[rows, steps].to(new.device)
                         terms.append((new, old, rows))
+                        kls.append(kl)
                     w = step_w[steps].to(terms[0][0].device)
                     if pairwise:
                         (nw, ow, _), (nl, ol, _) = terms
@@ -181,6 +210,10 @@ class PolicyTrainer:
                         loss, diag = losses.ppo_clip(
                             new, old, adv_all[rows].to(new.device), cfg.loss, w
                         )
+                    if cfg.loss.kl_coef > 0:
+                        kl_mean = torch.cat(kls).mean()
+                        loss = loss + cfg.loss.kl_coef * kl_mean
+                        kl_sum += float(kl_mean.detach())
                     (loss / (s * accum)).backward()
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                     for k in ("approx_kl", "clip_fraction", "ratio_mean"):
@@ -209,4 +242,5 @@ class PolicyTrainer:
         stats.ratio_mean = sums["ratio_mean"] / n_terms
         stats.ratio_min, stats.ratio_max = ratio_min, ratio_max
         stats.grad_norm = float(np.mean(grad_norms)) if grad_norms else 0.0
+        stats.kl_base = kl_sum / n_terms
         return stats

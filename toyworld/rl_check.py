@@ -171,7 +171,8 @@ def run(
             f"correct {m['checker_correct']:.3f} partial {m['checker_partial']:.3f} "
             f"+{res.selection.positives}/-{res.selection.negatives} loss {m['loss']:+.4f} "
             f"kl {m['approx_kl']:.2e} clip {m['clip_fraction']:.2f} "
-            f"({sum(res.seconds.values()):.0f} s)"
+            + (f"kl_base {m['kl_base']:.2e} " if cfg.loss.kl_coef > 0 else "")
+            + f"({sum(res.seconds.values()):.0f} s)"
         )
     t2 = time.perf_counter()
     if lora_out is not None:  # the trained LoRA, as the learner's checkpoints store it
