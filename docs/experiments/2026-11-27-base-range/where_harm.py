@@ -1,7 +1,7 @@
 """Which denoising steps carry what a trained LoRA does to the "mid" set (thirteenth session).
 
     python docs/experiments/2026-11-27-base-range/where_harm.py LORA.safetensors \
-        [--images 600] [--threads 2] [--out FILE]
+        [--images 600] [--threads 2] [--out FILE] [--grid PROMPT]
 
 Loads a LoRA kept by `toyworld.rl_check --lora-out` into the shipped pipeline and measures
 the checker's exact accuracy on the "mid" train prompts with the LoRA switched on at only
@@ -10,7 +10,9 @@ off by timestep; the base weights run the other steps). Steps count from the noi
 to the last (9); the B² preset trains the last 3 from the first stage and reaches all 10
 only at the end, so "last 3" is what trained longest and "first 7" what trained least.
 Sampled as rl_check samples its "after" (the preset's sampler, eval seed 1234): "all" is
-the run's own after, "none" its before.
+the run's own after, "none" its before. `--grid PROMPT` instead draws 8 images of one prompt
+under the gates none / all / first 7 / last 3 (a row each, framed green where the checker
+says right) to where_harm_<LORA>.png.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from safetensors.torch import load_file
 
 from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
+from learner.grid import grid_image
 from learner.prompts import load_prompts
 from learner.update import PolicyTrainer
 from toyworld.evaluate import sample_with
@@ -47,6 +50,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=600)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--grid", default=None, help="draw this prompt under four gates instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = load_config(DEFAULT_PRESET, [f"prompts.train={HERE / 'mid_train.txt'}"])
@@ -65,6 +69,20 @@ def main() -> None:
             module.disable_adapters()
 
     hook = unet.register_forward_pre_hook(gate)
+    name = args.lora.name.split(".")[0]
+    if args.grid:
+        images, captions, correct = [], [], []
+        for g in ("none", "all", "first 7", "last 3"):
+            on.clear()
+            on.update(GATES[g])
+            s = sample_with(model, cfg.sampling, [args.grid], 8, EVAL_SEED, progress=False)
+            images.append(s.images)
+            captions += [f"LoRA on {g}"] * 8
+            correct += s.correct.tolist()
+        out = args.out or HERE / f"where_harm_{name}.png"
+        grid_image(torch.cat(images), captions, columns=8, cell=96, correct=correct).save(out)
+        print(f"{args.grid!r}: rows none / all / first 7 / last 3 -> {out}")
+        return
     prompts = load_prompts(cfg.prompts.train)
     result = {"lora": str(args.lora), "images": args.images, "eval_seed": EVAL_SEED}
     for name, steps in GATES.items():
@@ -76,7 +94,7 @@ def main() -> None:
         print(f"LoRA on {name:8s} {steps}: exact {acc.correct:.3f} (se {acc.correct_se:.3f})")
     hook.remove()
     unet.enable_adapters()
-    out = args.out or HERE / f"where_harm_{args.lora.name.split('.')[0]}.json"
+    out = args.out or HERE / f"where_harm_{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
