@@ -108,7 +108,8 @@ class PolicyTrainer:
         # both policies are Gaussians with the step's std, so KL = (mean difference)^2 / 2
         # std^2 = (sensitivity * eps difference)^2 / 2 per dimension (mean over dimensions,
         # as the log-prob is)
-        sens = self._sensitivity[self._step_index(t)].to(eps.device, torch.float32)
+        sens = noise_sensitivity(m.scheduler, self.cfg.sampling.eta)[self._step_index(t)]
+        sens = sens.to(eps.device, torch.float32)
         gap = (eps.float() - base.float()).pow(2).mean(dim=tuple(range(1, eps.ndim)))
         return lp.float(), 0.5 * sens.pow(2) * gap
 
@@ -171,8 +172,6 @@ class PolicyTrainer:
         emb, uncond = self._embeddings(batch)
         adv_all = torch.as_tensor(advantages, dtype=torch.float32)
         step_w = self.step_weights(batch.timesteps)  # per interval step
-        if cfg.loss.kl_coef > 0:
-            self._sensitivity = noise_sensitivity(self.model.scheduler, cfg.sampling.eta)
         kl_sum = 0.0
         s = batch.interval
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum

@@ -11,10 +11,10 @@ the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense
 credit (`partial`) or its exact 0/1 verdict (`exact`: the only one that sees relations);
 `shuffled` is the exact verdict permuted at random among each trunk's branches: the same
 number of selected pairs as `exact`, with no signal in which branch is paid (the verdict's
-matched no-signal control); `brightness` (mean intensity) is the mechanics' own check and `darkness`
-(its negative) the control: a model that merely degrades towards blank images gains
-brightness too, but must lose darkness; `random` (uniform noise, independent of the image)
-shows what the updates do to the model with no signal to follow. Accuracy before and
+matched no-signal control); `brightness` (mean intensity) is the mechanics' own check and
+`darkness` (its negative) the control: a model that merely degrades towards blank images
+gains brightness too, but must lose darkness; `random` (uniform noise, independent of the
+image) shows what the updates do to the model with no signal to follow. Accuracy before and
 after uses the same noise seeds (paired); "before" reuses baselines.json when it measured
 the same thing. Results: DIR/rl_check.json (+ BUILD.md) for the default preset's assets.
 """

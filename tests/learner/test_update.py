@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.ddim import noise_sensitivity
 from diffusion.sampler import sample_branches
 from learner.advantages import Advantages
 from learner.selection import Selection
@@ -166,7 +165,6 @@ def test_kl_penalty_pulls_the_policy_back_to_the_pretrained_model(tiny_model, ti
     @torch.no_grad()
     def kl_now() -> float:
         tiny_model.scheduler.set_timesteps(cfg.sampling.num_steps)
-        trainer._sensitivity = noise_sensitivity(tiny_model.scheduler, cfg.sampling.eta)
         emb, uncond = trainer._embeddings(batch)
         rows = torch.arange(len(batch))
         cond = torch.stack([emb[p] for p in batch.prompts])
