@@ -8,13 +8,14 @@ all its steps (and `grad_accum` micro-batches) is summed before one optimizer st
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.ddim import ddim_step_with_logprob, noise_sensitivity, noise_step_weights
+from diffusion.ddim import ddim_step_with_logprob, noise_step_weights
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed, guided_noise
@@ -105,13 +106,17 @@ class PolicyTrainer:
                 base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
             finally:
                 m.unet.enable_adapters()
-        # both policies are Gaussians with the step's std, so KL = (mean difference)^2 / 2
-        # std^2 = (sensitivity * eps difference)^2 / 2 per dimension (mean over dimensions,
-        # as the log-prob is)
-        sens = noise_sensitivity(m.scheduler, self.cfg.sampling.eta)[self._step_index(t)]
-        sens = sens.to(eps.device, torch.float32)
-        gap = (eps.float() - base.float()).pow(2).mean(dim=tuple(range(1, eps.ndim)))
-        return lp.float(), 0.5 * sens.pow(2) * gap
+        # both policies are Gaussians with the step's std, so per dimension KL = (mean gap)^2
+        # / (2 std^2), averaged over dimensions as the log-prob is; the means are the
+        # scheduler's (any prediction type), and the std is read off the log-density at the
+        # policy's own mean, -log(std) - log(sqrt(2 pi))
+        eta, zero = self.cfg.sampling.eta, torch.zeros_like(x)
+        with torch.no_grad():
+            base_mean, _ = ddim_step_with_logprob(m.scheduler, base, t, x, eta=eta, noise=zero)
+        mean, at_own = ddim_step_with_logprob(m.scheduler, eps, t, x, eta=eta, noise=zero)
+        var = torch.exp(-2.0 * (at_own.detach().double() + 0.5 * math.log(2 * math.pi)))
+        gap = (mean.float() - base_mean.float()).pow(2).mean(dim=tuple(range(1, x.ndim)))
+        return lp.float(), gap / (2.0 * var.float())
 
     def _step_index(self, timesteps: torch.Tensor) -> list[int]:
         index = {int(t): i for i, t in enumerate(self.model.scheduler.timesteps.tolist())}
