@@ -67,17 +67,6 @@ class PolicyTrainer:
         load_lora_state(self.model.unet, state, source)
 
     # -- forward -------------------------------------------------------------------------
-    def _log_prob(
-        self,
-        batch: TrajectoryBatch,
-        rows: torch.Tensor,
-        steps: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-    ) -> torch.Tensor:
-        """log pi_theta of transitions (rows[i], steps[i]) of the batch."""
-        return self._forward(batch, rows, steps, cond, uncond, with_kl=False)[0]
-
     def _forward(
         self,
         batch: TrajectoryBatch,
@@ -85,7 +74,7 @@ class PolicyTrainer:
         steps: torch.Tensor,
         cond: torch.Tensor,
         uncond: torch.Tensor,
-        with_kl: bool,
+        with_kl: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log pi_theta, KL from the pretrained model) of transitions (rows[i], steps[i]);
         the KL (the base model's forward: the UNet with its LoRA off) only `with_kl`."""
@@ -152,7 +141,7 @@ class PolicyTrainer:
             cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
             for j in range(batch.interval):
                 steps = torch.full_like(rows, j)
-                out[rows, j] = self._log_prob(batch, rows, steps, cond, uncond).cpu()
+                out[rows, j] = self._forward(batch, rows, steps, cond, uncond)[0].cpu()
         return out
 
     def step_weights(self, timesteps: torch.Tensor) -> torch.Tensor:

@@ -137,7 +137,7 @@ def measure(cfg, reward: str, batches: int, step_sizes: list[float] | None = Non
             for lo in range(0, len(batch), cfg.sampling.micro_batch):
                 rows = torch.arange(lo, min(lo + cfg.sampling.micro_batch, len(batch)))
                 cond = torch.stack([emb[batch.prompts[i]] for i in rows.tolist()])
-                lp = trainer._log_prob(batch, rows, torch.full_like(rows, j), cond, uncond)
+                lp = trainer._forward(batch, rows, torch.full_like(rows, j), cond, uncond)[0]
                 (-(adv_t[rows].to(lp.device) * lp).sum()).backward()
             per_step.append(torch.cat([p.grad.flatten().clone() for p in trainer.params]))
         grads.append(torch.stack(per_step))
