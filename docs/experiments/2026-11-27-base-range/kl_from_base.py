@@ -1,13 +1,14 @@
 """How far a trained LoRA has moved the policy from the pretrained model, per denoising step
 (thirteenth session).
 
-    python docs/experiments/2026-11-27-base-range/kl_from_base.py LORA.safetensors [...]
+    python docs/experiments/2026-11-27-base-range/kl_from_base.py LORA.safetensors [...] \
+        [--prompts FILE] [--out FILE]
 
-For each LoRA kept by `toyworld.rl_check --lora-out`: ten "mid" trunks (each prompt twice)
-sampled through all 10 DDIM steps with the LoRA, then, per step, the KL between the
-LoRA's transition and the pretrained model's at the same latent: the quantity
-`loss.kl_coef` penalises (mean over latent dimensions, as the log-prob is). Prints one line
-a LoRA and writes kl_from_base.json here.
+For each LoRA kept by `toyworld.rl_check --lora-out`: ten "mid" trunks (each prompt twice;
+or the prompts of `--prompts FILE`, twice) sampled through all 10 DDIM steps with the LoRA,
+then, per step, the KL between the LoRA's transition and the pretrained model's at the same
+latent: the quantity `loss.kl_coef` penalises (mean over latent dimensions, as the log-prob
+is). Prints one line a LoRA and writes kl_from_base.json here (or `--out FILE`).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("loras", type=Path, nargs="+")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompts", type=Path, default=HERE / "mid_train.txt", help="prompt file")
+    ap.add_argument("--out", type=Path, default=HERE / "kl_from_base.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(DEFAULT_PRESET, [f"prompts.train={HERE / 'mid_train.txt'}"])
+    cfg = load_config(DEFAULT_PRESET, [f"prompts.train={args.prompts}"])
     model = load_model(cfg.model)
     trainer = PolicyTrainer(model, cfg)
     prompts = load_prompts(cfg.prompts.train) * 2
@@ -60,7 +63,7 @@ def main() -> None:
         result[path.name] = {"mean": sum(per_step) / len(per_step), "per_step": per_step}
         steps = " ".join(f"{k:.1e}" for k in per_step)
         print(f"{path.name}: mean {result[path.name]['mean']:.2e}; steps 0-9: {steps}")
-    (HERE / "kl_from_base.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,18 @@
 """Which denoising steps carry what a trained LoRA does to the "mid" set (thirteenth session).
 
     python docs/experiments/2026-11-27-base-range/where_harm.py LORA.safetensors \
-        [--images 600] [--threads 2] [--out FILE] [--grid PROMPT]
+        [--images 600] [--threads 2] [--out FILE] [--grid PROMPT] [--prompts FILE]
 
 Loads a LoRA kept by `toyworld.rl_check --lora-out` into the shipped pipeline and measures
-the checker's exact accuracy on the "mid" train prompts with the LoRA switched on at only
-some of the sampler's 10 DDIM steps (a forward pre-hook on the UNet turns the adapter on or
-off by timestep; the base weights run the other steps). Steps count from the noisiest (0)
-to the last (9); the B² preset trains the last 3 from the first stage and reaches all 10
-only at the end, so "last 3" is what trained longest and "first 7" what trained least.
-Sampled as rl_check samples its "after" (the preset's sampler, eval seed 1234): "all" is
-the run's own after, "none" its before. `--grid PROMPT` instead draws 8 images of one prompt
-under the gates none / all / first 7 / last 3 (a row each, framed green where the checker
-says right) to where_harm_<LORA>.png.
+the checker's exact accuracy on the "mid" train prompts (or on `--prompts FILE`) with the
+LoRA switched on at only some of the sampler's 10 DDIM steps (a forward pre-hook on the UNet
+turns the adapter on or off by timestep; the base weights run the other steps). Steps count
+from the noisiest (0) to the last (9); the B² preset trains the last 3 from the first stage
+and reaches all 10 only at the end, so "last 3" is what trained longest and "first 7" what
+trained least. Sampled as rl_check samples its "after" (the preset's sampler, eval seed
+1234): "all" is the run's own after, "none" its before. `--grid PROMPT` instead draws 8
+images of one prompt under the gates none / all / first 7 / last 3 (a row each, framed green
+where the checker says right) to where_harm_<LORA>.png.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--grid", default=None, help="draw this prompt under four gates instead")
+    ap.add_argument("--prompts", type=Path, default=HERE / "mid_train.txt", help="prompt file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = load_config(DEFAULT_PRESET, [f"prompts.train={HERE / 'mid_train.txt'}"])
+    cfg = load_config(DEFAULT_PRESET, [f"prompts.train={args.prompts}"])
     model = load_model(cfg.model)
     trainer = PolicyTrainer(model, cfg)
     trainer.load_weights(load_file(str(args.lora)), str(args.lora))
@@ -85,13 +86,13 @@ def main() -> None:
         return
     prompts = load_prompts(cfg.prompts.train)
     result = {"lora": str(args.lora), "images": args.images, "eval_seed": EVAL_SEED}
-    for name, steps in GATES.items():
+    for gate_name, steps in GATES.items():
         on.clear()
         on.update(steps)
-        s = sample_with(model, cfg.sampling, prompts, args.images, EVAL_SEED, desc=name)
+        s = sample_with(model, cfg.sampling, prompts, args.images, EVAL_SEED, desc=gate_name)
         acc = s.accuracy()
-        result[name] = {"steps": steps, "correct": acc.correct, "per_prompt": s.per_prompt()}
-        print(f"LoRA on {name:8s} {steps}: exact {acc.correct:.3f} (se {acc.correct_se:.3f})")
+        result[gate_name] = {"steps": steps, "correct": acc.correct, "per_prompt": s.per_prompt()}
+        print(f"LoRA on {gate_name:8s} {steps}: exact {acc.correct:.3f} (se {acc.correct_se:.3f})")
     hook.remove()
     unet.enable_adapters()
     out = args.out or HERE / f"where_harm_{name}.json"
