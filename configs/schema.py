@@ -123,6 +123,12 @@ class LossConfig(Section):
         description="Weight of a penalty on the KL divergence from the pretrained model "
         "(LoRA off) of each trained transition, DPOK-style; 0 (the paper's B²) adds none.",
     )
+    kl_from_step: int = Field(
+        0,
+        ge=0,
+        description="The KL penalty covers the transitions of DDIM steps from this index "
+        "on (0 = the noisiest step: all of them; num_steps - 3: the last three only).",
+    )
 
 
 class LoraConfig(Section):
@@ -222,6 +228,11 @@ class Config(Section):
             raise ValueError(f"schedule.end={sch.end} exceeds sampling.num_steps={steps}")
         elif sch.kind == "constant" and sch.start > steps:
             raise ValueError(f"schedule.start={sch.start} exceeds sampling.num_steps={steps}")
+        if self.loss.kl_from_step >= steps:
+            raise ValueError(
+                f"loss.kl_from_step={self.loss.kl_from_step} leaves no step of "
+                f"sampling.num_steps={steps} under the KL penalty"
+            )
         if self.loss.name == "pairwise" and self.sampling.branches < 2:
             raise ValueError("loss.name=pairwise needs sampling.branches >= 2")
         if not self.rewards:

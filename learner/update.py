@@ -166,6 +166,8 @@ class PolicyTrainer:
         emb, uncond = self._embeddings(batch)
         adv_all = torch.as_tensor(advantages, dtype=torch.float32)
         step_w = self.step_weights(batch.timesteps)  # per interval step
+        # per interval step: whether the KL penalty covers it (loss.kl_from_step)
+        kl_on = torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step
         kl_sum = 0.0
         s = batch.interval
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
@@ -204,9 +206,10 @@ class PolicyTrainer:
                             new, old, adv_all[rows].to(new.device), cfg.loss, w
                         )
                     if cfg.loss.kl_coef > 0:
-                        kl_mean = torch.cat(kls).mean()
-                        loss = loss + cfg.loss.kl_coef * kl_mean
-                        kl_sum += float(kl_mean.detach())
+                        kl_all = torch.cat(kls)  # the columns share `steps`
+                        on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
+                        loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()
+                        kl_sum += float(kl_all.detach().mean())  # logged over every step
                     (loss / (s * accum)).backward()
                     sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                     for k in ("approx_kl", "clip_fraction", "ratio_mean"):

@@ -183,3 +183,47 @@ def test_kl_penalty_pulls_the_policy_back_to_the_pretrained_model(tiny_model, ti
     stats = trainer.update(batch, zero, sel, stage=2)
     assert before > 0 and stats.kl_base > 0 and stats.optimizer_steps >= 1
     assert kl_now() < 0.5 * before  # measured: 2.5e-4 -> 7.6e-5 in four steps
+
+
+@pytest.mark.parametrize("last", [1, 2])
+def test_kl_from_step_penalises_only_the_last_steps(tiny_model, tiny_cfg, last):
+    """`loss.kl_from_step`: the penalty in the loss is the KL of the covered steps only,
+    while `kl_base` still reports every trained step's KL."""
+    train = {"lr": 1e-6, "batch_size": 3, "epochs": 1, "weight_decay": 0.0}
+    n = tiny_cfg.sampling.num_steps
+    cfg, trainer, batch = _one_trunk(
+        tiny_model, tiny_cfg, stage=2, train=train, kl_coef=1.0, kl_from_step=n - last
+    )
+    assert batch.interval > last  # some trained steps stay uncovered
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in trainer.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        tiny_model.scheduler.set_timesteps(n)
+        emb, uncond = trainer._embeddings(batch)
+        rows = torch.arange(len(batch))
+        cond = torch.stack([emb[p] for p in batch.prompts])
+        per_step = torch.stack(
+            [
+                trainer._forward(batch, rows, torch.full_like(rows, j), cond, uncond, True)[1]
+                for j in range(batch.interval)
+            ]
+        )  # [interval step, row]
+    global_step = trainer._step_index(batch.timesteps)
+    covered = torch.tensor([g >= n - last for g in global_step])
+    assert int(covered.sum()) == last
+    sel = Selection(np.array([0, 1, 2]), 0, 0, np.zeros((0, 2), int))
+    # zero advantages: the policy loss is 0, so the loss is the penalty alone, and one
+    # optimizer step at the end means every term saw the starting weights
+    stats = trainer.update(batch, np.zeros(len(batch)), sel, stage=2)
+    assert stats.optimizer_steps == 1
+    assert stats.loss == pytest.approx(float(per_step[covered].sum() / per_step.numel()), rel=1e-4)
+    assert stats.kl_base == pytest.approx(float(per_step.mean()), rel=1e-4)
+    assert stats.loss < stats.kl_base
+
+
+def test_kl_from_step_must_leave_a_step_under_the_penalty(tiny_cfg):
+    with pytest.raises(ValueError, match="kl_from_step"):
+        tiny_cfg.model_validate(
+            {**tiny_cfg.model_dump(), "loss": {"kl_coef": 0.1, "kl_from_step": 99}}
+        )
