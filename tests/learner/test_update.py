@@ -54,6 +54,21 @@ def _one_trunk(tiny_model, tiny_cfg, stage, train=None, **loss):
     return cfg, trainer, batch
 
 
+@torch.no_grad()
+def _kl_per_step(trainer, batch) -> torch.Tensor:
+    """KL from the pretrained model of every transition of the batch: [interval step, row]."""
+    trainer.model.scheduler.set_timesteps(trainer.cfg.sampling.num_steps)
+    emb, uncond = trainer._embeddings(batch)
+    rows = torch.arange(len(batch))
+    cond = torch.stack([emb[p] for p in batch.prompts])
+    return torch.stack(
+        [
+            trainer._forward(batch, rows, torch.full_like(rows, j), cond, uncond, True)[1]
+            for j in range(batch.interval)
+        ]
+    )
+
+
 @pytest.mark.parametrize("sign", [1.0, -1.0])
 def test_ppo_update_moves_log_prob_with_the_advantage(trainer_and_batch, sign):
     trainer, batch = trainer_and_batch
@@ -162,17 +177,8 @@ def test_kl_penalty_pulls_the_policy_back_to_the_pretrained_model(tiny_model, ti
     sel = Selection(np.array([0, 1, 2]), 0, 0, np.zeros((0, 2), int))
     zero = np.zeros(len(batch))
 
-    @torch.no_grad()
     def kl_now() -> float:
-        tiny_model.scheduler.set_timesteps(cfg.sampling.num_steps)
-        emb, uncond = trainer._embeddings(batch)
-        rows = torch.arange(len(batch))
-        cond = torch.stack([emb[p] for p in batch.prompts])
-        kls = [
-            trainer._forward(batch, rows, torch.full_like(rows, j), cond, uncond, True)[1]
-            for j in range(batch.interval)
-        ]
-        return float(torch.cat(kls).mean())
+        return float(_kl_per_step(trainer, batch).mean())
 
     assert kl_now() == 0.0  # B starts at zero: the adapted UNet is the pretrained one
     with torch.no_grad():
@@ -199,16 +205,7 @@ def test_kl_from_step_penalises_only_the_last_steps(tiny_model, tiny_cfg, last):
         gen = torch.Generator().manual_seed(0)
         for p in trainer.params:
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
-        tiny_model.scheduler.set_timesteps(n)
-        emb, uncond = trainer._embeddings(batch)
-        rows = torch.arange(len(batch))
-        cond = torch.stack([emb[p] for p in batch.prompts])
-        per_step = torch.stack(
-            [
-                trainer._forward(batch, rows, torch.full_like(rows, j), cond, uncond, True)[1]
-                for j in range(batch.interval)
-            ]
-        )  # [interval step, row]
+    per_step = _kl_per_step(trainer, batch)
     global_step = trainer._step_index(batch.timesteps)
     covered = torch.tensor([g >= n - last for g in global_step])
     assert int(covered.sum()) == last
