@@ -80,6 +80,7 @@ def train_unet(
     seed: int,
     focus: list[str] | None = None,
     progress: bool = True,
+    desc: str = "unet",
 ) -> tuple[UNet2DConditionModel, CLIPTextModel, dict[str, float]]:
     """latents: scaled posterior means [N, 4, h, w] of the images whose captions are
     `captions` (the means: the decoder was trained on noisier codes and snaps them back).
@@ -115,7 +116,7 @@ def train_unet(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
     ema = _Ema(modules, cfg.ema_decay)
     running = None
-    bar = tqdm(range(cfg.steps), desc="unet", disable=not progress, mininterval=2)
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2)
     for step in bar:
         for group in opt.param_groups:
             group["lr"] = group["scale"] * lr_at(step, cfg.steps, cfg.lr, warmup=100)

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
 from configs.schema import ModelConfig
 from diffusion.pipeline import load_model
 from toyworld import build, report
 from toyworld.clip import ASSETS_DIR, CHECKPOINT_NAME, ToyClipScorer, register_toy_clip
 from toyworld.grammar import parse
+from toyworld.prompts import load_prompts
 from toyworld.render import sample_scene
 from toyworld.scenes import scene_truth
 from toyworld.train_clip import (
@@ -48,6 +50,10 @@ def test_micro_build_writes_loadable_assets(micro_build):
     assert default["train"]["file"].endswith("_train.txt") and default["test"]["images"] == 8
     for key in ("top1", "hard_negatives"):
         assert key in b["clip"]
+    # the micro settings run the late exposure on the default preset's train prompts
+    assert b["times_s"]["exposure"] > 0
+    shown = b["training"]["pipeline"]["exposed_prompts"]
+    assert shown == load_prompts(PROJECT_ROOT / load_config(DEFAULT_PRESET).prompts.train)
     assert (out / "BUILD.md").read_text().startswith("# Toy world build record")
 
 
@@ -122,3 +128,24 @@ def test_clip_shape_negatives_are_off_by_default():
     scene = sample_scene(spec, np.random.default_rng(0))
     image, truth = _near_miss_image(pool, spec, scene, np.random.default_rng(1), reshape_share=1.0)
     assert image.shape == (32, 32, 3) and truth != scene_truth(scene)
+
+
+def test_exposure_trains_the_frozen_pretrained_unet_further():
+    """The UNet pretraining returns is a frozen EMA copy; the exposure must still train it."""
+    from diffusion.tiny import clip_tokenizer
+    from toyworld import models
+    from toyworld.render import make_dataset
+
+    s = build.MICRO
+    torch.manual_seed(0)
+    vae, unet = models.build_vae(s.pipeline), models.build_unet(s.pipeline)
+    text = models.build_text_encoder(s.pipeline)
+    unet.requires_grad_(False)
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    images, labels = make_dataset(["a red circle", "a blue square"], 2, seed=0)
+    tokenizer = clip_tokenizer(s.pipeline.max_length)
+    out, _, stats = build.expose(unet, text, tokenizer, vae, images, labels, s, 0, False)
+    assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
+    assert stats["exposed_prompts"] == load_prompts(
+        PROJECT_ROOT / load_config(DEFAULT_PRESET).prompts.train
+    )
