@@ -21,6 +21,7 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,12 +29,11 @@ from diffusers import UNet2DConditionModel
 
 from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
-from diffusion.tiny import sd_scheduler
+from toyworld.build import FULL, expose
 from toyworld.evaluate import sample_with
 from toyworld.prompts import load_prompts, pretraining_captions, prompt_file
 from toyworld.render import make_dataset
-from toyworld.train_unet import UnetTraining, train_unet
-from toyworld.train_vae import encode_moments
+from toyworld.train_unet import UnetTraining
 
 ASSETS = Path(__file__).parents[3] / "toyworld" / "assets" / "pipeline"
 EVAL_SEED = 1234
@@ -51,29 +51,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    rare = load_prompts(prompt_file("unusual", "train"))
+    rare = load_prompts(prompt_file("unusual", "train"))  # the default preset's train file
     held = load_prompts(prompt_file("relations", "test"))
-    captions = [c for c in pretraining_captions() if c not in rare]
-    images, labels = make_dataset(captions, 48, seed=args.seed)
-    if args.renders:
-        extra, extra_labels = make_dataset(rare, args.renders, seed=args.seed + 100)
-        images = __import__("numpy").concatenate([images, extra])
-        labels = labels + extra_labels
+    images, labels = make_dataset(pretraining_captions(), 48, seed=args.seed)
     cfg = load_config(DEFAULT_PRESET, [f"model.pretrained={ASSETS}"])
     model = load_model(cfg.model)
-    mean, _ = encode_moments(model.vae, images)
-    latents = mean * model.vae.config.scaling_factor
     unet = UNet2DConditionModel.from_pretrained(str(ASSETS / "unet"))
-    training = UnetTraining(steps=args.steps, lr=args.lr)
-    unet, _, stats = train_unet(
+    settings = replace(
+        FULL,
+        exposure=UnetTraining(steps=args.steps, lr=args.lr),
+        exposure_renders=args.renders,
+    )
+    # the build's own phase: the same data, seeds and training as `toyworld.build` runs
+    unet, _, stats = expose(
         unet,
         model.text_encoder,
         model.tokenizer,
-        sd_scheduler(),
-        latents,
+        model.vae,
+        images,
         labels,
-        training,
-        seed=args.seed + 2,
+        settings,
+        args.seed,
+        True,
     )
     out = args.out
     if out.exists():
@@ -90,7 +89,7 @@ def main() -> None:
         "steps": args.steps,
         "lr": args.lr,
         "train_seconds": round(trained, 1),
-        "unet_mse": stats["unet_mse"],
+        "unet_mse": stats["exposure_mse"],
     }
     for split, prompts in (("train", rare), ("test", held)):
         s = sample_with(model, cfg.sampling, prompts, args.images, EVAL_SEED, desc=split)
