@@ -5,9 +5,13 @@ train prompts for RL, unseen test prompts (held-out combinations of seen words) 
 generalisation. "binding": two objects whose colour-shape pairs in test are unusual ones
 (see NATURAL_BINDINGS); "spatial": relations and counting, test with the relation "below",
 swapped object orders and unusual pairs; "all": both. "unusual": the binding test prompts
-split in two (odd lines train, even lines test), five colour-shape combinations the model
-was never pretrained on to train and five others held out: the default presets' set,
-where the pretrained model is far from right and RL has room (docs/RESULTS.md). Every
+split in two (odd lines train, even lines test), five colour-shape combinations that are
+not pretraining captions to train and five others held out: the default presets' set. The
+build's late exposure (`toyworld.build.BuildSettings.exposure`) shows the UNet the five
+train ones after pretraining, less than a pretraining caption, so that the pretrained
+model draws them sometimes (as Stable Diffusion has seen most of what it is asked for a
+little) and RL has room (docs/RESULTS.md, sixteenth session); so five of the ten
+"binding" (and "all") test prompts are seen late by the shipped UNet. Every
 "unusual" held-out prompt has a yellow object and no train prompt has one (the yellow
 square, the unusual object of three of them, is never trained). "recombine": the same ten
 prompts split so that every held-out prompt's unusual objects are trained beside other
@@ -15,8 +19,9 @@ partners (first five lines train, last five test), a test of recombination
 (docs/RESULTS.md, eighth session). "relations" (the default presets' set since the tenth
 session): the "unusual" train prompts, held out in relation sentences: each of the five
 trained pairs with "left of", "right of", "above" and "below" (20 prompts, none a
-pretraining caption): new prompts for the pairs RL trained, where what RL teaches this
-model carries; to new pairs it does not (docs/RESULTS.md, tenth session).
+pretraining caption, none shown in the exposure): new prompts for the pairs RL trained,
+where what RL teaches this model carries; to new pairs it does not (docs/RESULTS.md, tenth
+session).
 """
 
 from __future__ import annotations

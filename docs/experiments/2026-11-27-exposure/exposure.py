@@ -2,7 +2,7 @@
 rarely, so that the pretrained model draws them sometimes (fifteenth session).
 
     python docs/experiments/2026-11-27-exposure/exposure.py --out DIR [--renders K]
-        [--steps N] [--lr LR] [--threads T] [--images 520]
+        [--steps N] [--lr LR] [--threads T] [--images 520] [--pipeline DIR]
 
 Issue 3 asks for train prompts the pretrained pipeline gets right roughly 20-70 % of the
 time. The default prompts (`unusual_train.txt`) are pairs the shipped model never saw
@@ -48,15 +48,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--images", type=int, default=520, help="per split, for the measurement")
+    ap.add_argument(
+        "--pipeline", type=Path, default=ASSETS, help="the pretrained pipeline to expose"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     rare = load_prompts(prompt_file("unusual", "train"))  # the default preset's train file
     held = load_prompts(prompt_file("relations", "test"))
     images, labels = make_dataset(pretraining_captions(), 48, seed=args.seed)
-    cfg = load_config(DEFAULT_PRESET, [f"model.pretrained={ASSETS}"])
+    cfg = load_config(DEFAULT_PRESET, [f"model.pretrained={args.pipeline}"])
     model = load_model(cfg.model)
-    unet = UNet2DConditionModel.from_pretrained(str(ASSETS / "unet"))
+    unet = UNet2DConditionModel.from_pretrained(str(args.pipeline / "unet"))
     settings = replace(
         FULL,
         exposure=UnetTraining(steps=args.steps, lr=args.lr),
@@ -77,7 +80,7 @@ def main() -> None:
     out = args.out
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(ASSETS, out / "pipeline")
+    shutil.copytree(args.pipeline, out / "pipeline")
     unet.save_pretrained(str(out / "pipeline" / "unet"), safe_serialization=True)
     trained = time.perf_counter() - start
     cfg = load_config(DEFAULT_PRESET, [f"model.pretrained={out / 'pipeline'}"])
