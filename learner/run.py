@@ -182,7 +182,9 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
                 f"images {int(metrics['images'])}  reward {metrics['reward_mean']:.4f}"
                 f" ± {metrics['reward_std']:.4f}  +{int(metrics['positives'])}/"
                 f"-{int(metrics['negatives'])}  loss {metrics['loss']:+.4f}  "
-                f"kl {metrics['approx_kl']:.2e}  {metrics['seconds_stage']:.1f}s",
+                f"kl {metrics['approx_kl']:.2e}  "
+                + (f"kl_base {metrics.get('kl_base', 0.0):.2e}  " if cfg.loss.kl_coef > 0 else "")
+                + f"{metrics['seconds_stage']:.1f}s",
                 flush=True,
             )
         lora_dir = run_dir / "lora"
