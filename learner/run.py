@@ -183,7 +183,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
                 f" ± {metrics['reward_std']:.4f}  +{int(metrics['positives'])}/"
                 f"-{int(metrics['negatives'])}  loss {metrics['loss']:+.4f}  "
                 f"kl {metrics['approx_kl']:.2e}  "
-                + (f"kl_base {metrics.get('kl_base', 0.0):.2e}  " if cfg.loss.kl_coef > 0 else "")
+                + (f"kl_base {metrics['kl_base']:.2e}  " if cfg.loss.kl_coef > 0 else "")
                 + f"{metrics['seconds_stage']:.1f}s",
                 flush=True,
             )
