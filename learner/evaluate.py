@@ -1,9 +1,11 @@
 """`python -m learner.evaluate`: alignment and diversity of a checkpoint on a prompt split.
 
     python -m learner.evaluate --checkpoint (RUN_DIR | STAGE_DIR | base) [--config FILE]
-        [--split train|test|all] [--images-per-prompt N] [--seed N] [--json OUT]
+        [--split train|test|all] [--images-per-prompt N | --images-per-split N] [--seed N]
+        [--json OUT]
 
-N images per prompt from fixed noise (the same for every checkpoint), scored with
+N images per prompt (or about N per split, spread evenly over its prompts) from fixed
+noise (the same for every checkpoint), scored with
 - clip_score: mean cosine of open_clip image/prompt embeddings (the config's clip reward),
 - bert_score: mean BERTScore F1 of a caption of the image vs the prompt (toy prompts: the
   toy world's describer; bundled MiniLM),
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -143,32 +146,53 @@ class Evaluator:
         return out
 
 
-def evaluate(target: Target, splits: list[str], per_prompt: int, seed: int) -> dict:
+def images_per_prompt(
+    cfg: Config, splits: list[str], per_prompt: int | None = None, per_split: int | None = None
+) -> dict[str, int]:
+    """Images per prompt for each split: `per_prompt` in every split, or enough for
+    `per_split` images in each (ceil(per_split / its prompts))."""
+    if per_prompt is not None:
+        return {split: per_prompt for split in splits}
+    if per_split is None:
+        raise ValueError("images_per_prompt: give per_prompt or per_split")
+    return {
+        split: math.ceil(
+            per_split / len(load_prompts(getattr(cfg.prompts, split), f"prompts.{split}"))
+        )
+        for split in splits
+    }
+
+
+def evaluate(
+    target: Target, splits: list[str], per_prompt: int | dict[str, int], seed: int
+) -> dict:
+    """Sample and score `splits`; `per_prompt` is images per prompt, one number for every
+    split or one per split."""
+    counts = per_prompt if isinstance(per_prompt, dict) else dict.fromkeys(splits, per_prompt)
     ev = Evaluator(target)
     result = {
         "checkpoint": target.label,
         "stage": target.stage,
         "seed": seed,
-        "images_per_prompt": per_prompt,
+        "images_per_prompt": {split: counts[split] for split in splits},
         "diversity_embedding": f"open_clip {_clip_term(target.cfg).model} image embedding, "
         "mean pairwise 1 - cosine within a prompt",
         "splits": {},
         "grids": {},
     }
     for split in splits:
+        n = counts[split]
         prompts = load_prompts(getattr(target.cfg.prompts, split), f"prompts.{split}")
-        images, rows = ev.sample(prompts, per_prompt, seed)
+        images, rows = ev.sample(prompts, n, seed)
         result["splits"][split] = ev.score(images, rows, prompts)
-        pick = [i * per_prompt for i in range(min(len(prompts), 16))]
+        pick = [i * n for i in range(min(len(prompts), 16))]
         result["grids"][split] = (images[pick], [rows[i] for i in pick])
     return result
 
 
 def print_table(result: dict) -> None:
-    print(
-        f"\n{result['checkpoint']}  ({result['images_per_prompt']} images per prompt, "
-        f"seed {result['seed']})"
-    )
+    counts = ", ".join(f"{k} {v}" for k, v in result["images_per_prompt"].items())
+    print(f"\n{result['checkpoint']}  (images per prompt: {counts}; seed {result['seed']})")
     head = f"{'split':<6} {'images':>6} " + " ".join(f"{m:>15}" for m in METRICS)
     print(head)
     print("-" * len(head))
@@ -223,20 +247,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
-    p.add_argument("--images-per-prompt", type=int, default=16)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--images-per-prompt", type=int, help="default: 16")
+    size.add_argument(
+        "--images-per-split", type=int, help="about N images in each split, even over its prompts"
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--no-mlflow", action="store_true")
     args = p.parse_args(argv)
     from learner.main import user_errors
 
-    if args.images_per_prompt < 1:
-        print(f"error: --images-per-prompt {args.images_per_prompt}: must be >= 1", file=sys.stderr)
-        return 2
+    for flag, value in (
+        ("--images-per-prompt", args.images_per_prompt),
+        ("--images-per-split", args.images_per_split),
+    ):
+        if value is not None and value < 1:
+            print(f"error: {flag} {value}: must be >= 1", file=sys.stderr)
+            return 2
+    if args.images_per_prompt is None and args.images_per_split is None:
+        args.images_per_prompt = 16
     try:
         target = resolve(args.checkpoint, args.config, args.overrides)
         splits = ["train", "test"] if args.split == "all" else [args.split]
-        result = evaluate(target, splits, args.images_per_prompt, args.seed)
+        counts = images_per_prompt(
+            target.cfg, splits, args.images_per_prompt, args.images_per_split
+        )
+        result = evaluate(target, splits, counts, args.seed)
     except (*user_errors(), ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -165,3 +165,25 @@ def test_lora_of_the_wrong_shape_is_refused(
     assert evaluate_main(["--checkpoint", str(run), "--split", "test"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"LoRA tensor {name} has shape (7, 3)" in err[0], err
+
+
+def test_images_per_split_spreads_evenly_over_each_splits_prompts(
+    toy_clip_registered, tiny_pipeline_dir, tmp_path, capsys
+):
+    cfg = _cfg(tiny_pipeline_dir, tmp_path)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    out = tmp_path / "even.json"
+    argv = ["--checkpoint", "base", "--config", str(cfg_path), "--json", str(out), "--no-mlflow"]
+    # 5 train prompts, 10 held-out ones: 10 images a split is 2 a prompt, then 1
+    five = ["--set", "prompts.train=toyworld/prompts/unusual_train.txt"]
+    assert evaluate_main([*argv, *five, "--images-per-split", "10"]) == 0
+    result = json.loads(out.read_text())
+    assert result["images_per_prompt"] == {"train": 2, "test": 1}
+    assert {s: r["images"] for s, r in result["splits"].items()} == {"train": 10, "test": 10}
+    assert "images per prompt: train 2, test 1" in capsys.readouterr().out
+
+    assert evaluate_main([*argv, "--images-per-split", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --images-per-split 0: must be >= 1"
+    with pytest.raises(SystemExit):  # argparse: one way to size the splits at a time
+        evaluate_main([*argv, "--images-per-split", "8", "--images-per-prompt", "2"])

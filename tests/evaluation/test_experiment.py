@@ -78,6 +78,7 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
                 base = summary["base"][split][metric]
                 assert stats["change"] == pytest.approx(stats["mean"] - base)
     assert summary["presets"]["toy_b2"]["algorithm"] == "b2"
+    assert summary["images_per_prompt"] == {"train": 1, "test": 1}
     assert summary["presets"]["toy_ddpo"]["algorithm"] == "ddpo"
     for name in ("toy_b2", "toy_ddpo"):
         run = out / "runs" / f"{name}-s7"
@@ -200,3 +201,19 @@ def test_a_run_made_with_another_config_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "toy_b2-s0: made with another config" in err[0], err
     assert "'train'" in err[0]
+
+
+def test_the_default_evaluation_sizes_both_splits_alike():
+    """The shipped preset's 5 train prompts get as many images as its 20 held-out ones:
+    about IMAGES_PER_SPLIT each, not 103 a prompt in both (515 against 2,060)."""
+    from configs.load import load_config
+    from learner.evaluate import images_per_prompt
+    from learner.experiment import IMAGES_PER_SPLIT, parse_args
+
+    cfg = load_config(DEFAULT_PRESET)
+    args = parse_args([])
+    assert args.images_per_split == IMAGES_PER_SPLIT and args.images_per_prompt is None
+    counts = images_per_prompt(cfg, ["train", "test"], None, args.images_per_split)
+    sizes = {s: n * len(load_prompts(getattr(cfg.prompts, s))) for s, n in counts.items()}
+    assert all(IMAGES_PER_SPLIT <= n < IMAGES_PER_SPLIT + 20 for n in sizes.values()), sizes
+    assert images_per_prompt(cfg, ["train", "test"], 3, 2048) == {"train": 3, "test": 3}
