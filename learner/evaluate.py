@@ -163,25 +163,45 @@ def images_per_prompt(
     }
 
 
-def evaluate(
-    target: Target, splits: list[str], per_prompt: int | dict[str, int], seed: int
-) -> dict:
-    """Sample and score `splits`; `per_prompt` is images per prompt, one number for every
-    split or one per split."""
-    counts = per_prompt if isinstance(per_prompt, dict) else dict.fromkeys(splits, per_prompt)
+def add_size_flags(p: argparse.ArgumentParser, per_split_default: int | None = None) -> None:
+    """--images-per-prompt N | --images-per-split N (see `images_per_prompt`)."""
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--images-per-prompt", type=int, help="N images per prompt in every split")
+    size.add_argument(
+        "--images-per-split",
+        type=int,
+        default=per_split_default,
+        help="about N images in each split, even over its prompts"
+        + (f" (default {per_split_default})" if per_split_default else ""),
+    )
+
+
+def size_error(args: argparse.Namespace) -> str | None:
+    """The one-line complaint about a size flag below 1, if any."""
+    for flag, value in (
+        ("--images-per-prompt", args.images_per_prompt),
+        ("--images-per-split", args.images_per_split),
+    ):
+        if value is not None and value < 1:
+            return f"{flag} {value}: must be >= 1"
+    return None
+
+
+def evaluate(target: Target, splits: list[str], per_prompt: dict[str, int], seed: int) -> dict:
+    """Sample and score `splits`, `per_prompt[split]` images per prompt (`images_per_prompt`)."""
     ev = Evaluator(target)
     result = {
         "checkpoint": target.label,
         "stage": target.stage,
         "seed": seed,
-        "images_per_prompt": {split: counts[split] for split in splits},
+        "images_per_prompt": {split: per_prompt[split] for split in splits},
         "diversity_embedding": f"open_clip {_clip_term(target.cfg).model} image embedding, "
         "mean pairwise 1 - cosine within a prompt",
         "splits": {},
         "grids": {},
     }
     for split in splits:
-        n = counts[split]
+        n = per_prompt[split]
         prompts = load_prompts(getattr(target.cfg.prompts, split), f"prompts.{split}")
         images, rows = ev.sample(prompts, n, seed)
         result["splits"][split] = ev.score(images, rows, prompts)
@@ -247,26 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
     p.add_argument("--split", choices=["train", "test", "all"], default="all")
-    size = p.add_mutually_exclusive_group()
-    size.add_argument("--images-per-prompt", type=int, help="default: 16")
-    size.add_argument(
-        "--images-per-split", type=int, help="about N images in each split, even over its prompts"
-    )
+    add_size_flags(p)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", type=Path, help="write the numbers here")
     p.add_argument("--no-mlflow", action="store_true")
     args = p.parse_args(argv)
     from learner.main import user_errors
 
-    for flag, value in (
-        ("--images-per-prompt", args.images_per_prompt),
-        ("--images-per-split", args.images_per_split),
-    ):
-        if value is not None and value < 1:
-            print(f"error: {flag} {value}: must be >= 1", file=sys.stderr)
-            return 2
+    if err := size_error(args):
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if args.images_per_prompt is None and args.images_per_split is None:
-        args.images_per_prompt = 16
+        args.images_per_prompt = 16  # the default size
     try:
         target = resolve(args.checkpoint, args.config, args.overrides)
         splits = ["train", "test"] if args.split == "all" else [args.split]

@@ -395,20 +395,15 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from learner.evaluate import add_size_flags
+
     p = argparse.ArgumentParser(
         prog="python -m learner.experiment", description=__doc__.split("\n")[0]
     )
     p.add_argument("--presets", type=Path, nargs="+", default=[DEFAULT_PRESET, DDPO_PRESET])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
-    size = p.add_mutually_exclusive_group()
-    size.add_argument(
-        "--images-per-split",
-        type=int,
-        default=IMAGES_PER_SPLIT,
-        help=f"about N images in each split, even over its prompts (default {IMAGES_PER_SPLIT})",
-    )
-    size.add_argument("--images-per-prompt", type=int, help="N images per prompt in every split")
+    add_size_flags(p, IMAGES_PER_SPLIT)
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--out", type=Path, default=Path("experiment"))
     p.add_argument("--results", type=Path, help="also write the summary into this markdown file")
@@ -423,15 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(argv)
+    from learner.evaluate import size_error
     from learner.main import user_errors
 
-    for flag, value in (
-        ("--images-per-split", args.images_per_split),
-        ("--images-per-prompt", args.images_per_prompt),
-    ):
-        if value is not None and value < 1:
-            print(f"error: {flag} {value}: must be >= 1", file=sys.stderr)
-            return 2
+    if err := size_error(args):
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if len(set(args.seeds)) != len(args.seeds):
         print(f"error: --seeds {args.seeds}: a seed appears twice", file=sys.stderr)
         return 2

@@ -217,3 +217,14 @@ def test_the_default_evaluation_sizes_both_splits_alike():
     sizes = {s: n * len(load_prompts(getattr(cfg.prompts, s))) for s, n in counts.items()}
     assert all(IMAGES_PER_SPLIT <= n < IMAGES_PER_SPLIT + 20 for n in sizes.values()), sizes
     assert images_per_prompt(cfg, ["train", "test"], 3, 2048) == {"train": 3, "test": 3}
+
+
+def test_bad_evaluation_sizes_stop_before_anything_trains(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert experiment_main(["--images-per-split", "0", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --images-per-split 0: must be >= 1"
+    assert experiment_main(["--images-per-prompt", "-1", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == "error: --images-per-prompt -1: must be >= 1"
+    with pytest.raises(SystemExit):  # argparse: one way to size the splits at a time
+        experiment_main(["--images-per-split", "8", "--images-per-prompt", "2"])
+    assert not out.exists()
