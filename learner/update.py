@@ -75,9 +75,11 @@ class PolicyTrainer:
         cond: torch.Tensor,
         uncond: torch.Tensor,
         with_kl: bool = False,
+        base_mean: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(log pi_theta, KL from the pretrained model) of transitions (rows[i], steps[i]);
-        the KL (the base model's forward: the UNet with its LoRA off) only `with_kl`."""
+        the KL only `with_kl`, from `base_mean` (the pretrained model's step means of these
+        transitions, `_base_means`) or else from a base-model forward here."""
         m = self.model
         x = batch.chain[rows, steps].to(m.device, m.dtype)
         x_next = batch.chain[rows, steps + 1].to(m.device, m.dtype)
@@ -89,23 +91,62 @@ class PolicyTrainer:
         )
         if not with_kl:
             return lp.float(), None
-        with torch.no_grad():
-            m.unet.disable_adapters()
-            try:
-                base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
-            finally:
-                m.unet.enable_adapters()
+        if base_mean is None:
+            base_mean = self._base_mean(batch, rows, steps, cond, uncond)
         # both policies are Gaussians with the step's std, so per dimension KL = (mean gap)^2
         # / (2 std^2), averaged over dimensions as the log-prob is; the means are the
         # scheduler's (any prediction type), and the std is read off the log-density at the
         # policy's own mean, -log(std) - log(sqrt(2 pi))
-        eta, zero = self.cfg.sampling.eta, torch.zeros_like(x)
-        with torch.no_grad():
-            base_mean, _ = ddim_step_with_logprob(m.scheduler, base, t, x, eta=eta, noise=zero)
-        mean, at_own = ddim_step_with_logprob(m.scheduler, eps, t, x, eta=eta, noise=zero)
+        eta = self.cfg.sampling.eta
+        mean, at_own = ddim_step_with_logprob(
+            m.scheduler, eps, t, x, eta=eta, noise=torch.zeros_like(x)
+        )
         var = torch.exp(-2.0 * (at_own.detach().double() + 0.5 * math.log(2 * math.pi)))
-        gap = (mean.float() - base_mean.float()).pow(2).mean(dim=tuple(range(1, x.ndim)))
-        return lp.float(), gap / (2.0 * var.float())
+        gap = (mean.float() - base_mean.to(mean.device).float()).pow(2)
+        return lp.float(), gap.mean(dim=tuple(range(1, x.ndim))) / (2.0 * var.float())
+
+    @torch.no_grad()
+    def _base_mean(
+        self,
+        batch: TrajectoryBatch,
+        rows: torch.Tensor,
+        steps: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+    ) -> torch.Tensor:
+        """The pretrained model's (the UNet with its LoRA off) step means of transitions
+        (rows[i], steps[i]): what the KL penalty measures the policy's means against."""
+        m = self.model
+        x = batch.chain[rows, steps].to(m.device, m.dtype)
+        t = batch.timesteps[steps]
+        m.unet.disable_adapters()
+        try:
+            args = (x, t.to(m.device), cond, uncond.expand(len(rows), -1, -1))
+            base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
+        finally:
+            m.unet.enable_adapters()
+        eta, zero = self.cfg.sampling.eta, torch.zeros_like(x)
+        return ddim_step_with_logprob(m.scheduler, base, t, x, eta=eta, noise=zero)[0]
+
+    def _base_means(
+        self,
+        batch: TrajectoryBatch,
+        rows: np.ndarray,
+        emb: dict[str, torch.Tensor],
+        uncond: torch.Tensor,
+    ) -> torch.Tensor:
+        """`_base_mean` of every interval transition of `rows` [len(rows), s, ...], once
+        per stage: the LoRA is off, so they do not change over the update's epochs."""
+        rows_t = torch.as_tensor(rows)
+        out = torch.empty((len(rows), batch.interval, *batch.chain.shape[2:]))
+        bs = self.cfg.train.batch_size
+        for lo in range(0, len(rows), bs):
+            sub = rows_t[lo : lo + bs]
+            cond = torch.stack([emb[batch.prompts[r]] for r in sub.tolist()])
+            for j in range(batch.interval):
+                steps = torch.full_like(sub, j)
+                out[lo : lo + len(sub), j] = self._base_mean(batch, sub, steps, cond, uncond).cpu()
+        return out
 
     def _step_index(self, timesteps: torch.Tensor) -> list[int]:
         index = {int(t): i for i, t in enumerate(self.model.scheduler.timesteps.tolist())}
@@ -170,6 +211,11 @@ class PolicyTrainer:
         kl_on = torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step
         kl_sum = 0.0
         s = batch.interval
+        with_kl = cfg.loss.kl_coef > 0
+        if with_kl:  # the pretrained model's means, computed once for all epochs
+            kl_rows = np.unique(units)
+            kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
+            base_means = self._base_means(batch, kl_rows, emb, uncond)
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         sums: dict[str, float] = {}
         n_terms, grad_norms = 0, []
@@ -190,9 +236,12 @@ class PolicyTrainer:
                     for col in range(unit_rows.shape[1]):
                         rows = unit_rows[:, col]
                         cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
-                        new, kl = self._forward(
-                            batch, rows, steps, cond, uncond, with_kl=cfg.loss.kl_coef > 0
+                        base = (
+                            base_means[[kl_pos[r] for r in rows.tolist()], steps]
+                            if with_kl
+                            else None
                         )
+                        new, kl = self._forward(batch, rows, steps, cond, uncond, with_kl, base)
                         old = batch.log_probs[rows, steps].to(new.device)
                         terms.append((new, old, rows))
                         kls.append(kl)
@@ -205,7 +254,7 @@ class PolicyTrainer:
                         loss, diag = losses.ppo_clip(
                             new, old, adv_all[rows].to(new.device), cfg.loss, w
                         )
-                    if cfg.loss.kl_coef > 0:
+                    if with_kl:
                         kl_all = torch.cat(kls)  # the columns share `steps`
                         on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
                         loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()

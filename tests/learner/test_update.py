@@ -191,6 +191,29 @@ def test_kl_penalty_pulls_the_policy_back_to_the_pretrained_model(tiny_model, ti
     assert kl_now() < 0.5 * before  # measured: 2.5e-4 -> 7.6e-5 in four steps
 
 
+def test_base_means_are_the_pretrained_models_and_computed_once_a_stage(tiny_model, tiny_cfg):
+    """The KL penalty's base-model means do not depend on the LoRA, so `update` computes
+    them once a stage (one base forward per transition), not once per epoch."""
+    train = {"lr": 1e-3, "batch_size": 2, "epochs": 3, "weight_decay": 0.0}
+    cfg, trainer, batch = _one_trunk(tiny_model, tiny_cfg, stage=2, train=train, kl_coef=1.0)
+    trainer.model.scheduler.set_timesteps(cfg.sampling.num_steps)
+    emb, uncond = trainer._embeddings(batch)
+    rows = np.array([0, 1, 2])
+    at_zero = trainer._base_means(batch, rows, emb, uncond)  # the LoRA is still zero
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(0)
+        for p in trainer.params:
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    assert torch.equal(trainer._base_means(batch, rows, emb, uncond), at_zero)
+    calls = []
+    inner = trainer._base_mean
+    trainer._base_mean = lambda *a: calls.append(len(a[1])) or inner(*a)
+    sel = Selection(rows, 0, 0, np.zeros((0, 2), int))
+    stats = trainer.update(batch, np.zeros(len(batch)), sel, stage=2)
+    assert stats.optimizer_steps == 3 * 2 and stats.kl_base > 0
+    assert sum(calls) == len(rows) * batch.interval  # each transition once, not 3 times
+
+
 @pytest.mark.parametrize("last", [1, 2])
 def test_kl_from_step_penalises_only_the_last_steps(tiny_model, tiny_cfg, last):
     """`loss.kl_from_step`: the penalty in the loss is the KL of the covered steps only,
