@@ -92,7 +92,7 @@ class PolicyTrainer:
         if not with_kl:
             return lp.float(), None
         if base_mean is None:
-            base_mean = self._base_mean(batch, rows, steps, cond, uncond)
+            base_mean = self._base_mean(x, t, cond, uncond)
         # both policies are Gaussians with the step's std, so per dimension KL = (mean gap)^2
         # / (2 std^2), averaged over dimensions as the log-prob is; the means are the
         # scheduler's (any prediction type), and the std is read off the log-density at the
@@ -107,21 +107,14 @@ class PolicyTrainer:
 
     @torch.no_grad()
     def _base_mean(
-        self,
-        batch: TrajectoryBatch,
-        rows: torch.Tensor,
-        steps: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
     ) -> torch.Tensor:
-        """The pretrained model's (the UNet with its LoRA off) step means of transitions
-        (rows[i], steps[i]): what the KL penalty measures the policy's means against."""
+        """The pretrained model's (the UNet with its LoRA off) step means from latents `x`
+        at timesteps `t`: what the KL penalty measures the policy's means against."""
         m = self.model
-        x = batch.chain[rows, steps].to(m.device, m.dtype)
-        t = batch.timesteps[steps]
         m.unet.disable_adapters()
         try:
-            args = (x, t.to(m.device), cond, uncond.expand(len(rows), -1, -1))
+            args = (x, t.to(m.device), cond, uncond.expand(len(x), -1, -1))
             base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
         finally:
             m.unet.enable_adapters()
@@ -144,8 +137,9 @@ class PolicyTrainer:
             sub = rows_t[lo : lo + bs]
             cond = torch.stack([emb[batch.prompts[r]] for r in sub.tolist()])
             for j in range(batch.interval):
-                steps = torch.full_like(sub, j)
-                out[lo : lo + len(sub), j] = self._base_mean(batch, sub, steps, cond, uncond).cpu()
+                x = batch.chain[sub, j].to(self.model.device, self.model.dtype)
+                t = batch.timesteps[torch.full_like(sub, j)]
+                out[lo : lo + len(sub), j] = self._base_mean(x, t, cond, uncond).cpu()
         return out
 
     def _step_index(self, timesteps: torch.Tensor) -> list[int]:

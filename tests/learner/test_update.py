@@ -207,7 +207,7 @@ def test_base_means_are_the_pretrained_models_and_computed_once_a_stage(tiny_mod
     assert torch.equal(trainer._base_means(batch, rows, emb, uncond), at_zero)
     calls = []
     inner = trainer._base_mean
-    trainer._base_mean = lambda *a: calls.append(len(a[1])) or inner(*a)
+    trainer._base_mean = lambda *a: calls.append(len(a[0])) or inner(*a)
     sel = Selection(rows, 0, 0, np.zeros((0, 2), int))
     stats = trainer.update(batch, np.zeros(len(batch)), sel, stage=2)
     assert stats.optimizer_steps == 3 * 2 and stats.kl_base > 0
