@@ -150,6 +150,17 @@ def test_unequal_budgets_are_refused(tiny_pipeline_dir, tmp_path, presets, capsy
     assert not (tmp_path / "exp").exists()  # nothing written
 
 
+def test_the_shipped_presets_spend_equal_budgets():
+    """`python -m learner.experiment` with no arguments compares the two toy presets: they
+    must agree on everything `budget` checks, the number of images above all."""
+    from configs.load import load_config
+    from learner.experiment import Arm, budget, check_budgets
+
+    arms = [Arm(p.stem, p, load_config(p)) for p in (DEFAULT_PRESET, DDPO_PRESET)]
+    check_budgets(arms)  # raises on any difference
+    assert budget(arms[0].cfg)["reward queries (stages x trunks x branches)"] == 96 * 32 * 4
+
+
 def test_replace_block_appends_when_markers_are_missing(tmp_path):
     path = tmp_path / "R.md"
     path.write_text("# R\n")
