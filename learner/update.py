@@ -129,7 +129,9 @@ class PolicyTrainer:
         uncond: torch.Tensor,
     ) -> torch.Tensor:
         """`_base_mean` of every interval transition of `rows` [len(rows), s, ...], once
-        per stage: the LoRA is off, so they do not change over the update's epochs."""
+        per stage: the LoRA is off, so they do not change over the update's epochs. Kept
+        on the CPU in float32 (at SD-1.4 scale, 512 selected trajectories x 20 steps of
+        4x64x64 latents: 0.7 GB)."""
         rows_t = torch.as_tensor(rows)
         out = torch.empty((len(rows), batch.interval, *batch.chain.shape[2:]))
         bs = self.cfg.train.batch_size
