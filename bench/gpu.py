@@ -45,16 +45,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from bench.branching import per_branch_loop
 from configs.schema import Config
+from diffusion.architectures import SD15 as SD15_NETWORKS
+from diffusion.architectures import Networks, random_pipeline
 from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import DiffusionModel, from_pipeline
 from diffusion.sampler import UNetCounter, expected_evaluations, guided_noise, sample_branches
-from diffusion.tiny import clip_tokenizer, sd_scheduler
 from diffusion.trajectory import TrajectoryBatch
 from learner.selection import select
 from learner.stage import sampler_settings
@@ -79,25 +78,10 @@ PROMPTS = (
 
 @dataclass(frozen=True)
 class Arch:
-    """The config values of the three networks (and the run sizes that go with them)."""
+    """A network configuration and the run sizes that go with it."""
 
     name: str
-    image_size: int
-    unet_channels: tuple[int, ...]
-    unet_down: tuple[str, ...]
-    unet_up: tuple[str, ...]
-    unet_layers: int
-    attention_head_dim: int
-    norm_groups: int
-    vae_channels: tuple[int, ...]
-    vae_layers: int
-    vae_mid_attention: bool
-    text_width: int
-    text_layers: int
-    text_heads: int
-    text_ffn: int
-    max_length: int
-    # run sizes
+    net: Networks
     num_steps: int
     split_step: int
     trunks: int
@@ -107,31 +91,17 @@ class Arch:
     grad_accum: int
     matmul_n: int
 
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // 2 ** (len(self.vae_channels) - 1)
+    def as_dict(self) -> dict:
+        """The network's config values and the run sizes, one flat mapping."""
+        run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "net"}
+        return {**run, **dataclasses.asdict(self.net)}
 
 
-# Stable Diffusion 1.5 (runwayml/stable-diffusion-v1-5): unet/, vae/, text_encoder/ configs.
-# Run sizes follow configs/sd14_b2.yaml: 20 steps, K = 5, micro-batch 16, the first stage's
-# split step 14, train batch 8 with 4 accumulation steps.
+# Stable Diffusion 1.5. Run sizes follow configs/sd14_b2.yaml: 20 steps, K = 5, micro-batch
+# 16, the first stage's split step 14, train batch 8 with 4 accumulation steps.
 SD15 = Arch(
     name="sd15",
-    image_size=512,
-    unet_channels=(320, 640, 1280, 1280),
-    unet_down=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-    unet_up=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-    unet_layers=2,
-    attention_head_dim=8,
-    norm_groups=32,
-    vae_channels=(128, 256, 512, 512),
-    vae_layers=2,
-    vae_mid_attention=True,
-    text_width=768,
-    text_layers=12,
-    text_heads=12,
-    text_ffn=3072,
-    max_length=77,
+    net=SD15_NETWORKS,
     num_steps=20,
     split_step=14,
     trunks=8,
@@ -146,21 +116,23 @@ SD15 = Arch(
 # cross-attention only at the 8 x 8 level; few steps, so the CPU run takes seconds.
 TINY = Arch(
     name="tiny",
-    image_size=32,
-    unet_channels=(32, 64),
-    unet_down=("DownBlock2D", "CrossAttnDownBlock2D"),
-    unet_up=("CrossAttnUpBlock2D", "UpBlock2D"),
-    unet_layers=1,
-    attention_head_dim=8,
-    norm_groups=8,
-    vae_channels=(16, 32),
-    vae_layers=1,
-    vae_mid_attention=False,
-    text_width=32,
-    text_layers=2,
-    text_heads=4,
-    text_ffn=64,
-    max_length=16,
+    net=Networks(
+        image_size=32,
+        unet_channels=(32, 64),
+        unet_down=("DownBlock2D", "CrossAttnDownBlock2D"),
+        unet_up=("CrossAttnUpBlock2D", "UpBlock2D"),
+        unet_layers=1,
+        attention_head_dim=8,
+        norm_groups=8,
+        vae_channels=(16, 32),
+        vae_layers=1,
+        vae_mid_attention=False,
+        text_width=32,
+        text_layers=2,
+        text_heads=4,
+        text_ffn=64,
+        max_length=16,
+    ),
     num_steps=4,
     split_step=2,
     trunks=2,
@@ -172,76 +144,13 @@ TINY = Arch(
 )
 
 
-def build_networks(arch: Arch) -> tuple[UNet2DConditionModel, AutoencoderKL, CLIPTextModel]:
-    """The three networks with random weights, on the current default device."""
-    unet = UNet2DConditionModel(
-        sample_size=arch.latent_size,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=arch.unet_channels,
-        down_block_types=arch.unet_down,
-        up_block_types=arch.unet_up,
-        layers_per_block=arch.unet_layers,
-        cross_attention_dim=arch.text_width,
-        attention_head_dim=arch.attention_head_dim,
-        norm_num_groups=arch.norm_groups,
-        act_fn="silu",
-        flip_sin_to_cos=True,
-        freq_shift=0,
-        downsample_padding=1,
-        mid_block_scale_factor=1,
-        norm_eps=1e-5,
-    )
-    n = len(arch.vae_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n,
-        up_block_types=("UpDecoderBlock2D",) * n,
-        block_out_channels=arch.vae_channels,
-        layers_per_block=arch.vae_layers,
-        latent_channels=4,
-        norm_num_groups=arch.norm_groups,
-        sample_size=arch.image_size,
-        scaling_factor=0.18215,
-        act_fn="silu",
-        mid_block_add_attention=arch.vae_mid_attention,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=arch.text_width,
-            intermediate_size=arch.text_ffn,
-            num_hidden_layers=arch.text_layers,
-            num_attention_heads=arch.text_heads,
-            max_position_embeddings=arch.max_length,
-            hidden_act="quick_gelu",
-            layer_norm_eps=1e-5,
-            projection_dim=arch.text_width,
-        )
-    )
-    return unet, vae, text_encoder
-
-
 def build_model(arch: Arch, device: torch.device, dtype: torch.dtype) -> DiffusionModel:
     """Random-weight pipeline of `arch` as the project's DiffusionModel, on `device`."""
-    torch.manual_seed(0)
     try:
         with torch.device(device):  # initialise on the card: much faster than on the CPU
-            unet, vae, text_encoder = build_networks(arch)
+            pipe = random_pipeline(arch.net)
     except (RuntimeError, NotImplementedError, TypeError):
-        torch.manual_seed(0)
-        unet, vae, text_encoder = build_networks(arch)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(arch.max_length),
-        unet=unet,
-        scheduler=sd_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        pipe = random_pipeline(arch.net)
     return with_dtype(from_pipeline(pipe, device, dtype), dtype)
 
 
@@ -704,7 +613,7 @@ def run(args: argparse.Namespace) -> dict:
             "machine": f"{platform.machine()}, {platform.platform()}",
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
-            "arch": dataclasses.asdict(arch),
+            "arch": arch.as_dict(),
             "budget_s": args.budget_s,
         }
     }

@@ -6,14 +6,13 @@ import torch
 
 from bench.gpu import (
     RESULT_FILE,
-    SD15,
     Budget,
-    build_networks,
     count_flops,
     largest_fitting,
     main,
     table,
 )
+from diffusion.architectures import SD15, build_networks
 
 
 def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, capsys):
