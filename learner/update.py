@@ -4,6 +4,8 @@ Training units are selected trajectories (PPO) or (best, worst) pairs of one tru
 (pairwise). Each epoch shuffles the units and, per unit, the order of its interval steps;
 a micro-batch of units is pushed through one shuffled step at a time, and the gradient of
 all its steps (and `grad_accum` micro-batches) is summed before one optimizer step.
+With N data-parallel ranks (`learner.distributed`) each rank takes its shard of every
+micro-batch and the gradients are all-reduced before the step: the same update as one rank.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed, guided_noise
 from diffusion.trajectory import TrajectoryBatch
 from learner import losses
+from learner.distributed import Collective, mean_share, shard
 from learner.selection import Selection
 
 
@@ -45,9 +48,10 @@ class UpdateStats:
 class PolicyTrainer:
     """Holds the trainable LoRA and its optimizer. Plain torch: the Ray learner wraps it."""
 
-    def __init__(self, model: DiffusionModel, cfg: Config):
+    def __init__(self, model: DiffusionModel, cfg: Config, group: Collective | None = None):
         self.model = model
         self.cfg = cfg
+        self.group = group or Collective()
         attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
         self.params = lora_parameters(model.unet)
         for p in self.params:
@@ -192,8 +196,10 @@ class PolicyTrainer:
     def update(
         self, batch: TrajectoryBatch, advantages: np.ndarray, selection: Selection, stage: int
     ) -> UpdateStats:
-        """One stage's optimisation over the selected samples of `batch`."""
-        cfg = self.cfg
+        """One stage's optimisation over the selected samples of `batch`. Every rank of
+        `self.group` gets the whole batch and selection and trains its shard of each
+        micro-batch; all ranks return the same stats and hold the same LoRA afterwards."""
+        cfg, group = self.cfg, self.group
         pairwise = cfg.loss.name == "pairwise"
         units = selection.pairs if pairwise else selection.index.reshape(-1, 1)
         stats = UpdateStats(samples=int(units.size))
@@ -207,13 +213,14 @@ class PolicyTrainer:
         kl_on = torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step
         kl_sum = 0.0
         s = batch.interval
+        unit_cost = np.full(len(units), s * units.shape[1])  # trajectory-steps of each unit
         with_kl = cfg.loss.kl_coef > 0
         if with_kl:  # the pretrained model's means, computed once for all epochs
             kl_rows = np.unique(units)
             kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
-            base_means = self._base_means(batch, kl_rows, emb, uncond)
+            base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-        sums: dict[str, float] = {}
+        sums = dict.fromkeys(("loss", "approx_kl", "clip_fraction", "ratio_mean"), 0.0)
         n_terms, grad_norms = 0, []
         ratio_min, ratio_max = float("inf"), float("-inf")
         target_kl = cfg.train.target_kl
@@ -224,9 +231,12 @@ class PolicyTrainer:
             order, step_plan = self._plan(len(units), s, stage, epoch)
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             for b_idx, unit_idx in enumerate(batches):
-                unit_rows = torch.as_tensor(units[unit_idx])  # [b, 1 or 2]
-                plan = torch.as_tensor(step_plan[unit_idx])  # [b, s]
-                for j in range(s):
+                # this rank's shard of the micro-batch, its loss scaled to the global mean
+                mine = unit_idx[shard(unit_cost[unit_idx], group.size)[group.rank]]
+                share = mean_share(len(mine), len(unit_idx))
+                unit_rows = torch.as_tensor(units[mine])  # [b, 1 or 2]
+                plan = torch.as_tensor(step_plan[mine])  # [b, s]
+                for j in range(s if len(mine) else 0):
                     steps = plan[:, j]
                     terms, kls = [], []
                     for col in range(unit_rows.shape[1]):
@@ -254,34 +264,57 @@ class PolicyTrainer:
                         kl_all = torch.cat(kls)  # the columns share `steps`
                         on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
                         loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()
-                        kl_sum += float(kl_all.detach().mean())  # logged over every step
+                        kl_sum += float(kl_all.detach().mean()) * share  # logged over every step
+                    loss = loss * share
                     (loss / (s * accum)).backward()
-                    sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                    sums["loss"] += float(loss.detach())
                     for k in ("approx_kl", "clip_fraction", "ratio_mean"):
-                        sums[k] = sums.get(k, 0.0) + float(diag[k])
+                        sums[k] += float(diag[k]) * share
                     ratio_min = min(ratio_min, float(diag["ratio_min"]))
                     ratio_max = max(ratio_max, float(diag["ratio_max"]))
-                    n_terms += 1
-                    step_kl += float(diag["approx_kl"])
-                    step_terms += 1
+                    step_kl += float(diag["approx_kl"]) * share
+                n_terms += s
+                step_terms += s
                 if (b_idx + 1) % accum == 0 or b_idx == len(batches) - 1:
-                    if target_kl is not None and step_kl / step_terms > target_kl:
-                        # the policy has already moved this far from the one that sampled
-                        # the batch: stop before the step (PPO early stopping)
-                        self.optimizer.zero_grad(set_to_none=True)
-                        stats.kl_stopped = 1
-                        break
+                    if target_kl is not None:
+                        (step_kl,) = group.sum([step_kl])  # every rank decides on the global KL
+                        if step_kl / step_terms > target_kl:
+                            # the policy has already moved this far from the one that sampled
+                            # the batch: stop before the step (PPO early stopping)
+                            self.optimizer.zero_grad(set_to_none=True)
+                            stats.kl_stopped = 1
+                            break
                     step_kl, step_terms = 0.0, 0
+                    group.sum_grads(self.params)
+                    # the norm of the summed gradient: the same on every rank, so is the clip
                     norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
                     grad_norms.append(float(norm))
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
                     stats.optimizer_steps += 1
-        stats.loss = sums["loss"] / n_terms
-        stats.approx_kl = sums["approx_kl"] / n_terms
-        stats.clip_fraction = sums["clip_fraction"] / n_terms
-        stats.ratio_mean = sums["ratio_mean"] / n_terms
-        stats.ratio_min, stats.ratio_max = ratio_min, ratio_max
+        keys = ("loss", "approx_kl", "clip_fraction", "ratio_mean")
+        *totals, kl_sum = group.sum([*(sums[k] for k in keys), kl_sum])
+        for k, total in zip(keys, totals, strict=True):
+            setattr(stats, k, total / n_terms)
+        stats.ratio_min, stats.ratio_max = group.min(ratio_min), group.max(ratio_max)
         stats.grad_norm = float(np.mean(grad_norms)) if grad_norms else 0.0
         stats.kl_base = kl_sum / n_terms
         return stats
+
+    def _shared_base_means(
+        self,
+        batch: TrajectoryBatch,
+        rows: np.ndarray,
+        emb: dict[str, torch.Tensor],
+        uncond: torch.Tensor,
+    ) -> torch.Tensor:
+        """`_base_means` of `rows`, each rank computing its shard and the ranks summing the
+        zero-padded results (x + 0 is exact, so every rank holds the owners' values)."""
+        group = self.group
+        if group.size == 1:
+            return self._base_means(batch, rows, emb, uncond)
+        mine = shard(np.full(len(rows), batch.interval), group.size)[group.rank]
+        out = torch.zeros((len(rows), batch.interval, *batch.chain.shape[2:]))
+        if len(mine):
+            out[mine] = self._base_means(batch, rows[mine], emb, uncond)
+        return group.sum_tensor(out)

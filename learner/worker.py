@@ -1,10 +1,15 @@
 """The learner: the trainable LoRA, its optimizer and the per-prompt reward memory.
 
 Plain Python; the driver wraps it as a Ray actor and publishes its weights with one
-`ray.put` per version.
+`ray.put` per version. With `runtime.learner_workers` > 1 the driver runs several, one
+per rank of a process group (`join`): rank 0 selects, publishes and is checkpointed, and
+every rank updates on its shard (`learner.distributed`) and holds the same LoRA and
+optimizer state.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 import torch
@@ -15,6 +20,7 @@ from diffusion.pipeline import load_model, pick_device
 from diffusion.trajectory import TrajectoryBatch
 from learner.advantages import Advantages
 from learner.checkpoint import LearnerState
+from learner.distributed import Collective
 from learner.selection import Selection, compact, select
 from learner.update import PolicyTrainer, UpdateStats
 
@@ -28,6 +34,22 @@ class LearnerWorker:
         self.trainer = PolicyTrainer(load_model(cfg.model, device), cfg)
         self.advantages = Advantages(cfg.advantage)
         self.version = 0
+
+    def join(self, group: Collective) -> int:
+        """Become one rank of `group`: updates from now on share their work with its ranks."""
+        self.trainer.group = group
+        return group.rank
+
+    def fingerprint(self) -> str:
+        """A digest of the LoRA and the optimizer state: equal on every rank, or the ranks
+        have drifted apart (and a checkpoint of rank 0 would not cover the others)."""
+        h = hashlib.sha256()
+        tensors = list(self.weights().values())
+        for slots in self.trainer.optimizer.state_dict()["state"].values():
+            tensors += [slots[k] for k in sorted(slots) if isinstance(slots[k], torch.Tensor)]
+        for t in tensors:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.trainer.weights()

@@ -1,0 +1,154 @@
+"""Data-parallel learner ranks without Ray: the sharding, the loss scaling, and N ranks in
+threads (a barrier as the collective) making the update one rank makes."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.sampler import sample_branches
+from learner.distributed import Collective, mean_share, shard
+from learner.selection import compact, select
+from learner.stage import sampler_settings
+from learner.update import PolicyTrainer
+
+
+def test_shard_balances_trajectory_steps_and_covers_every_unit_once():
+    costs = [10, 3, 3, 7, 1, 6, 2, 8]
+    parts = shard(costs, 3)
+    assert sorted(np.concatenate(parts).tolist()) == list(range(len(costs)))
+    loads = [sum(costs[i] for i in p) for p in parts]
+    assert max(loads) - min(loads) <= max(costs) and max(loads) <= 14  # 40 / 3 rounded up
+    assert all(np.all(np.diff(p) > 0) for p in parts)  # ascending within a part
+    assert [p.tolist() for p in shard(costs, 3)] == [p.tolist() for p in parts]  # deterministic
+
+
+def test_shard_of_equal_costs_is_round_robin_and_one_rank_takes_all():
+    assert [p.tolist() for p in shard([4] * 5, 2)] == [[0, 2, 4], [1, 3]]
+    assert [p.tolist() for p in shard([4] * 5, 1)] == [[0, 1, 2, 3, 4]]
+    assert [p.tolist() for p in shard([4], 3)] == [[0], [], []]  # more ranks than units
+
+
+def test_mean_shares_sum_to_the_global_mean():
+    values = np.array([0.3, -1.2, 2.0, 0.7, 0.1])
+    parts = shard(np.ones(len(values)), 3)
+    total = sum(values[p].mean() * mean_share(len(p), len(values)) for p in parts)
+    assert total == pytest.approx(values.mean(), abs=1e-12)
+    assert mean_share(5, 5) == 1.0 and mean_share(0, 5) == 0.0
+
+
+class _Barrier:
+    def __init__(self, n: int):
+        self.barrier = threading.Barrier(n, timeout=60)
+        self.slots: list = [None] * n
+
+
+class ThreadRanks(Collective):
+    """Ranks as threads of one process: each reduces the same stacked inputs in rank order,
+    so every rank gets the same bits (as an all-reduce gives them)."""
+
+    def __init__(self, shared: _Barrier, rank: int):
+        self.shared, self.rank, self.size = shared, rank, len(shared.slots)
+        self.grad_bytes = 0
+
+    def _reduce(self, t: torch.Tensor, how) -> torch.Tensor:
+        self.shared.slots[self.rank] = t.clone()
+        self.shared.barrier.wait()
+        out = how(torch.stack(self.shared.slots))
+        self.shared.barrier.wait()
+        return out
+
+    def sum(self, values):
+        return self._reduce(torch.tensor(values, dtype=torch.float64), lambda s: s.sum(0)).tolist()
+
+    def min(self, value):
+        return float(self._reduce(torch.tensor(value), lambda s: s.min()))
+
+    def max(self, value):
+        return float(self._reduce(torch.tensor(value), lambda s: s.max()))
+
+    def sum_tensor(self, tensor):
+        return self._reduce(tensor, lambda s: s.sum(0))
+
+    def sum_grads(self, params):
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self._reduce(torch.cat([g.reshape(-1) for g in grads]), lambda s: s.sum(0))
+        self.grad_bytes += flat.numel() * flat.element_size()
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
+CASES = {
+    "ppo": ({}, {}),
+    "ppo_accum": ({}, {"grad_accum": 2, "batch_size": 2}),
+    "kl_penalty": ({"kl_coef": 0.5, "step_weight": "noise"}, {}),
+    "pairwise": ({"name": "pairwise"}, {"batch_size": 1}),
+    "target_kl": ({}, {"lr": 0.05, "batch_size": 1, "epochs": 2, "target_kl": 1e-4}),
+}
+
+
+@pytest.fixture()
+def one_thread():
+    """Two ranks in threads of one process share its OpenMP pool: one torch thread each."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, one_thread):
+    loss, train = CASES[case]
+    cfg = tiny_cfg.model_copy(
+        update={
+            "loss": tiny_cfg.loss.model_copy(update=loss),
+            "train": tiny_cfg.train.model_copy(update=train),
+        }
+    )
+    prompts = ["a red circle", "a blue square", "two green triangles"]
+    batch = sample_branches(tiny_model, prompts, [0, 1, 2], sampler_settings(cfg, 2), 3, 2)
+    adv = np.array([1.0, 0.1, -1.0, 0.9, -0.8, 0.0, 0.5, -0.2, -0.6])
+    sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
+    batch, adv, sel = batch.select(torch.as_tensor(sel.index)), adv[sel.index], compact(sel)
+
+    one = PolicyTrainer(copy.deepcopy(tiny_model), cfg)
+    want = one.update(batch, adv, sel, stage=2)
+
+    shared = _Barrier(2)
+    ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, ThreadRanks(shared, r)) for r in (0, 1)]
+    got: list = [None, None]
+
+    def run(r: int) -> None:
+        got[r] = ranks[r].update(batch, adv, sel, stage=2)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0] is not None and got[0] == got[1]  # the same stats on every rank
+    w0, w1, ref = ranks[0].weights(), ranks[1].weights(), one.weights()
+    assert all(torch.equal(w0[k], w1[k]) for k in ref)  # identical on every rank
+    # float32 noise (rows batched differently) in a near-zero gradient component still
+    # moves it by a fraction of lr under AdamW: compare with the update's own size
+    init = PolicyTrainer(copy.deepcopy(tiny_model), cfg).weights()
+    moved = max(float((ref[k] - init[k]).abs().max()) for k in ref)
+    assert max(float((w0[k] - ref[k]).abs().max()) for k in ref) <= 0.01 * moved
+    assert got[0].optimizer_steps == want.optimizer_steps >= 1
+    assert got[0].kl_stopped == want.kl_stopped
+    # the loss is a mean of O(1) terms that nearly cancel: float32 rounding is absolute
+    assert got[0].loss == pytest.approx(want.loss, abs=1e-6)
+    assert got[0].approx_kl == pytest.approx(want.approx_kl, rel=1e-3, abs=1e-10)
+    for key in ("clip_fraction", "ratio_mean", "grad_norm", "kl_base"):
+        assert getattr(got[0], key) == pytest.approx(getattr(want, key), rel=1e-3)
+    assert (got[0].ratio_min, got[0].ratio_max) == pytest.approx((want.ratio_min, want.ratio_max))
+    lora_bytes = sum(p.numel() * p.element_size() for p in ranks[0].params)
+    assert ranks[0].group.grad_bytes == lora_bytes * got[0].optimizer_steps
+    if case == "target_kl":
+        assert want.kl_stopped == 1  # the case exercises the global early-stopping decision
