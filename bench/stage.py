@@ -55,8 +55,6 @@ PHASES = ("weight_sync", "rollout", "reward", "select", "update", "log_checkpoin
 
 def ray_stages(cfg: Config, stages: int, tmp: Path) -> list[dict]:
     """Run stages through the real driver; return each stage's metrics."""
-    import ray
-
     from learner import checkpoint
     from learner.driver import Cluster, StageRunner
     from learner.prompts import load_prompts
@@ -77,7 +75,7 @@ def ray_stages(cfg: Config, stages: int, tmp: Path) -> list[dict]:
             t0 = time.perf_counter()
             m = runner.run(stage, want_grid=False)
             t1 = time.perf_counter()
-            checkpoint.save(tmp, ray.get(cluster.learner.state.remote(stage, 0)))
+            checkpoint.save(tmp, cluster.learner.state(stage, 0))
             tracker.metrics(stage, m.metrics)
             m.metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
             m.metrics["seconds_stage"] = time.perf_counter() - t0

@@ -185,6 +185,13 @@ class RuntimeConfig(Section):
     learner_cpus: float = Field(1.0, gt=0.0)
     learner_gpus: float = Field(0.0, ge=0.0)
     learner_threads: int = Field(0, ge=0)
+    learner_workers: int = Field(
+        1,
+        ge=1,
+        description="Learner ranks in one torch.distributed group (NCCL on CUDA, gloo on the "
+        "CPU), each on its own bundle of learner_cpus / learner_gpus; the update's work is "
+        "sharded over them and their LoRA gradients all-reduced: the same update as one.",
+    )
     trunks_per_task: int = Field(
         0, ge=0, description="Trunks per rollout task (0: an eighth of the stage's trunks)."
     )

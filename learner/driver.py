@@ -24,8 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.rollout import RolloutWorker, StaleWeightsError
 from configs.schema import Config
 from learner.advantages import within_trunk_share
+from learner.learner_group import LearnerGroup
 from learner.stage import check_rewards, sampler_settings, stage_prompts
-from learner.worker import LearnerWorker
 from rewards.actor import RewardWorker
 
 
@@ -35,12 +35,6 @@ class RuntimeSetupError(RuntimeError):
 
 class RewardFailure(RuntimeError):
     """A reward batch failed after its retries; the run stops rather than train without it."""
-
-
-class LearnerShell(LearnerWorker):
-    def publish(self) -> tuple[int, list]:
-        # wrapped in a list so Ray hands back the reference, not the value
-        return self.version, [ray.put(self.weights())]
 
 
 @dataclass
@@ -70,7 +64,7 @@ class Cluster:
         bundles = (
             [self._bundle(rt.rollout_cpus, rt.rollout_gpus)] * rt.rollout_actors
             + [self._bundle(rt.reward_cpus, rt.reward_gpus)] * rt.reward_actors
-            + [self._bundle(rt.learner_cpus, rt.learner_gpus)]
+            + [self._bundle(rt.learner_cpus, rt.learner_gpus)] * rt.learner_workers
         )
         self.pg = placement_group(bundles, strategy="PACK")
         try:
@@ -108,19 +102,12 @@ class Cluster:
             .remote(cfg, i)
             for i in range(rt.reward_actors)
         ]
-        self.learner = (
-            ray.remote(LearnerShell)
-            .options(
-                num_cpus=rt.learner_cpus,
-                num_gpus=rt.learner_gpus,
-                max_restarts=0,
-                scheduling_strategy=strategy(len(bundles) - 1),
-            )
-            .remote(cfg)
-        )
+        # the learner ranks, one bundle each, after the rollout and reward actors' bundles
+        self.learner = LearnerGroup(cfg, self.pg, rt.rollout_actors + rt.reward_actors)
         # surface construction errors (bad model, bad reward checkpoint) now, once
         try:
-            ray.get([a.ping.remote() for a in self.rollouts] + [self.learner.publish.remote()])
+            ray.get([a.ping.remote() for a in self.rollouts])
+            self.learner.connect()
             ray.get([r.__ray_ready__.remote() for r in self.rewards])
         except (RayActorError, RayTaskError) as exc:
             raise RuntimeSetupError(f"an actor failed to start: {_first_line(exc)}") from None
@@ -135,17 +122,23 @@ class Cluster:
         need_gpu = (
             rt.rollout_actors * rt.rollout_gpus
             + rt.reward_actors * rt.reward_gpus
-            + rt.learner_gpus
+            + rt.learner_workers * rt.learner_gpus
         )
+        if rt.learner_workers > 1 and 0 < rt.learner_gpus < 1:
+            raise RuntimeSetupError(
+                f"runtime: learner_workers={rt.learner_workers} with learner_gpus="
+                f"{rt.learner_gpus:g}: NCCL needs a whole GPU for each learner rank"
+            )
         if need_gpu > have.get("GPU", 0.0) + 1e-9:
             raise RuntimeSetupError(
                 f"runtime: the actors request {need_gpu:g} GPUs (rollout_gpus, reward_gpus, "
-                f"learner_gpus) but the Ray cluster has {have.get('GPU', 0.0):g}"
+                f"learner_gpus x learner_workers) but the Ray cluster has {have.get('GPU', 0.0):g}"
             )
 
     def shutdown(self) -> None:
-        for a in [*self.rollouts, *self.rewards, self.learner]:
+        for a in [*self.rollouts, *self.rewards]:
             ray.kill(a, no_restart=True)
+        self.learner.kill()
         remove_placement_group(self.pg)
 
 
@@ -178,9 +171,8 @@ class StageRunner:
 
     # -- weights -------------------------------------------------------------------------
     def publish(self) -> int:
-        version, (ref,) = ray.get(self.cluster.learner.publish.remote())
-        self.version, self.weights_ref = version, ref
-        return version
+        self.version, self.weights_ref = self.cluster.learner.publish()
+        return self.version
 
     def _sync(self, actors: list[int]) -> None:
         todo = [a for a in actors if self.actor_version[a] != self.version]
@@ -232,7 +224,7 @@ class StageRunner:
         rewards = check_rewards(
             np.concatenate([scored[c][0] for c in range(len(chunks))]), row_prompts
         )
-        adv, sel = ray.get(self.cluster.learner.select.remote(row_prompts, trunk_ids, rewards))
+        adv, sel = self.cluster.learner.select(row_prompts, trunk_ids, rewards)
         t_selected = time.perf_counter()
         update_stats = self._take_and_update(stage, settings, prompts, chunks, owner, adv, sel)
         t_end = time.perf_counter()
@@ -380,9 +372,7 @@ class StageRunner:
                         (c, self.cluster.rollouts[owner[c]].take.remote(stage, c, rows.tolist()))
                     )
             try:
-                return ray.get(
-                    self.cluster.learner.update.remote(stage, adv, sel, *[r for _, r in refs])
-                )
+                return self.cluster.learner.update(stage, adv, sel, *[r for _, r in refs])
             except (RayActorError, RayTaskError) as exc:
                 lost = self._lost_chunks(refs, owner, stage)
                 if not lost:

@@ -41,7 +41,11 @@ def connect(cfg: Config) -> bool:
         ray.init(log_to_driver=True)
         return True
     rt = cfg.runtime
-    cpus = rt.rollout_actors * rt.rollout_cpus + rt.reward_actors * rt.reward_cpus + rt.learner_cpus
+    cpus = (
+        rt.rollout_actors * rt.rollout_cpus
+        + rt.reward_actors * rt.reward_cpus
+        + rt.learner_workers * rt.learner_cpus
+    )
     ray.init(
         address="local",
         num_cpus=max(int(-(-cpus // 1)), os.cpu_count() or 1),
@@ -141,7 +145,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
     tracker.artifact(run_dir / "config.yaml")
     if state is not None:
         try:
-            ray.get(cluster.learner.restore.remote(state, str(last)))
+            cluster.learner.restore(state, str(last))
         except ray.exceptions.RayTaskError as exc:
             cluster.shutdown()
             cause = getattr(exc, "cause", None)
@@ -172,7 +176,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
                     out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
                 )
                 tracker.artifact(path, "grids")
-            state_now = ray.get(cluster.learner.state.remote(stage, int(metrics["split_step"])))
+            state_now = cluster.learner.state(stage, int(metrics["split_step"]))
             checkpoint.save(run_dir, state_now)
             metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
             metrics["seconds_stage"] = time.perf_counter() - t0
@@ -188,7 +192,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
                 flush=True,
             )
         lora_dir = run_dir / "lora"
-        final = ray.get(cluster.learner.weights.remote())
+        final = cluster.learner.weights()
         export_lora(final, cfg.train.lora, lora_dir)
         tracker.artifact(lora_dir, "lora")
         status = "FINISHED"

@@ -55,7 +55,7 @@ def test_actors_land_where_the_cluster_docs_say(eight_gpus, tiny_pipeline_dir):
     try:
         rollout = [_gpu_ids(a) for a in cluster.rollouts]
         reward = [_gpu_ids(a) for a in cluster.rewards]
-        learner = _gpu_ids(cluster.learner)
+        learner = _gpu_ids(cluster.learner.lead)
     finally:
         cluster.shutdown()
     assert all(len(ids) == 1 for ids in rollout)

@@ -1,0 +1,137 @@
+"""The learner as Ray actors: `runtime.learner_workers` ranks of one process group.
+
+Each rank is a `LearnerShell` (the plain `LearnerWorker` plus what Ray needs) on its own
+placement-group bundle. With more than one, rank 0 picks its node's address and a free
+port and every rank joins a torch.distributed group there (NCCL on CUDA, gloo on the CPU);
+the update's LoRA gradients are all-reduced by it (`learner.distributed`), never sent
+through the object store. Rank 0 alone keeps the per-prompt reward history, selects,
+publishes the weights (one `ray.put`, one version) and is what a checkpoint saves; every
+rank updates and restores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from configs.schema import Config
+from diffusion.trajectory import TrajectoryBatch
+from learner.checkpoint import LearnerState
+from learner.distributed import ProcessGroup, free_port
+from learner.selection import Selection
+from learner.update import UpdateStats
+from learner.worker import LearnerWorker
+
+
+class LearnerDivergedError(RuntimeError):
+    """Learner ranks whose LoRA or optimizer state differ; str() is one line."""
+
+
+class LearnerShell(LearnerWorker):
+    def publish(self) -> tuple[int, list]:
+        # wrapped in a list so Ray hands back the reference, not the value
+        return self.version, [ray.put(self.weights())]
+
+    def rendezvous(self) -> tuple[str, int]:
+        """Rank 0's node address and a free port on it, for the others to join at."""
+        address = ray.util.get_node_ip_address()
+        return address, free_port(address)
+
+    def join_group(self, address: str, port: int, rank: int, size: int) -> int:
+        return self.join(ProcessGroup(address, port, rank, size, self.trainer.model.device))
+
+    def comm_bytes(self) -> dict[str, int]:
+        """Bytes this rank all-reduced so far, by kind, and its gradient all-reduces."""
+        g = self.trainer.group
+        return {**getattr(g, "bytes", {}), "grad_reductions": getattr(g, "grad_reductions", 0)}
+
+
+class LearnerGroup:
+    """The learner ranks of one run, behind the calls the driver makes on "the learner"."""
+
+    def __init__(self, cfg: Config, placement_group=None, first_bundle: int = 0):
+        rt = cfg.runtime
+        self.cfg = cfg
+
+        def strategy(i: int):
+            if placement_group is None:
+                return "DEFAULT"
+            return PlacementGroupSchedulingStrategy(
+                placement_group, placement_group_bundle_index=first_bundle + i
+            )
+
+        self.ranks = [
+            ray.remote(LearnerShell)
+            .options(
+                num_cpus=rt.learner_cpus,
+                num_gpus=rt.learner_gpus,
+                max_restarts=0,
+                scheduling_strategy=strategy(i),
+            )
+            .remote(cfg)
+            for i in range(rt.learner_workers)
+        ]
+
+    def connect(self) -> None:
+        """Wait for every rank to be built and, with several, to join the process group
+        (construction errors surface here)."""
+        if len(self.ranks) == 1:
+            ray.get(self.ranks[0].__ray_ready__.remote())
+            return
+        address, port = ray.get(self.ranks[0].rendezvous.remote())
+        n = len(self.ranks)
+        ray.get([a.join_group.remote(address, port, r, n) for r, a in enumerate(self.ranks)])
+
+    @property
+    def lead(self):
+        return self.ranks[0]
+
+    def publish(self) -> tuple[int, ray.ObjectRef]:
+        version, (ref,) = ray.get(self.lead.publish.remote())
+        return version, ref
+
+    def select(
+        self, prompts: list[str], trunk_ids: np.ndarray, rewards: np.ndarray
+    ) -> tuple[np.ndarray, Selection]:
+        return ray.get(self.lead.select.remote(prompts, trunk_ids, rewards))
+
+    def update(
+        self,
+        stage: int,
+        advantages: np.ndarray,
+        selection: Selection,
+        *parts: ray.ObjectRef | TrajectoryBatch,
+    ) -> UpdateStats:
+        """Every rank gets every selected trajectory (its shard changes with each epoch's
+        shuffle) and returns the same stats; rank 0's are returned."""
+        adv, sel = ray.put(advantages), ray.put(selection)
+        return ray.get([a.update.remote(stage, adv, sel, *parts) for a in self.ranks])[0]
+
+    def state(self, stage: int, split_step: int) -> LearnerState:
+        """Rank 0's state. With the gradients all-reduced every rank takes the same AdamW
+        steps, so rank 0's optimizer state is every rank's: checked here, at every
+        checkpoint, by comparing the ranks' digests."""
+        state = self.lead.state.remote(stage, split_step)
+        if len(self.ranks) > 1:
+            prints = ray.get([a.fingerprint.remote() for a in self.ranks])
+            if len(set(prints)) > 1:
+                raise LearnerDivergedError(
+                    f"learner ranks hold different LoRA / optimizer states at stage {stage} "
+                    f"(digests {[p[:12] for p in prints]}); refusing to checkpoint rank 0 alone"
+                )
+        return ray.get(state)
+
+    def restore(self, state: LearnerState, source: str) -> int:
+        ref = ray.put(state)
+        return ray.get([a.restore.remote(ref, source) for a in self.ranks])[0]
+
+    def weights(self) -> dict:
+        return ray.get(self.lead.weights.remote())
+
+    def comm_bytes(self) -> list[dict[str, int]]:
+        return ray.get([a.comm_bytes.remote() for a in self.ranks])
+
+    def kill(self) -> None:
+        for a in self.ranks:
+            ray.kill(a, no_restart=True)
