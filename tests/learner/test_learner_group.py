@@ -150,6 +150,9 @@ def test_the_cluster_counts_every_learner_workers_gpu(ray_gpus, tiny_pipeline_di
     )
     with pytest.raises(RuntimeSetupError, match="request 4 GPUs .*learner_workers"):
         Cluster(cfg)
+    half = cfg.runtime.model_copy(update={"learner_workers": 2, "learner_gpus": 0.5})
+    with pytest.raises(RuntimeSetupError, match="a whole GPU for each learner rank"):
+        Cluster(cfg.model_copy(update={"runtime": half}))
 
 
 @pytest.mark.slow
