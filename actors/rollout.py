@@ -17,7 +17,7 @@ import torch
 from configs.schema import Config
 from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model, pick_device
-from diffusion.sampler import SamplerSettings, UNetCounter, sample_branches
+from diffusion.sampler import SamplerSettings, UNetCounter, sample_branches, sample_images
 from diffusion.trajectory import TrajectoryBatch
 
 
@@ -69,10 +69,7 @@ class RolloutWorker:
     ) -> tuple[RolloutImages, tuple[int, int, int]]:
         """Sample a chunk of trunks; keep its trajectories, return its images at once and
         (UNet calls, UNet evaluations, bytes of one kept trajectory row)."""
-        if version != self.version:
-            raise StaleWeightsError(
-                f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}"
-            )
+        self._check(version)
         t0 = time.perf_counter()
         counter = UNetCounter()
         batch = sample_branches(
@@ -89,6 +86,21 @@ class RolloutWorker:
             time.perf_counter() - t0,
         )
         return images, (counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
+
+    def sample_fixed(
+        self, version: int, prompts: list[str], settings: SamplerSettings, seed: int, stream: int
+    ) -> torch.Tensor:
+        """One image uint8 [3, H, W] per prompt, the whole trajectory from the fixed noise
+        of (seed, stream, index) (`sample_images`, as evaluation samples): the same noise
+        whatever the stage, so only the weights tell two calls apart."""
+        self._check(version)
+        return sample_images(self.model, prompts, settings, seed, stream)
+
+    def _check(self, version: int) -> None:
+        if version != self.version:
+            raise StaleWeightsError(
+                f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}"
+            )
 
     def take(self, stage: int, chunk: int, rows: list[int]) -> TrajectoryBatch:
         """The selected rows of a chunk sampled here (what the learner trains on)."""

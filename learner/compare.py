@@ -1,18 +1,21 @@
-"""`python -m learner.compare RUN ... --out DIR`: runs side by side.
+"""`python -m learner.compare RUN ... [--out DIR]`: runs side by side (DIR: comparison/).
 
 RUN is a run directory or an MLflow run id (resolved through its output_dir / run_name
 params). Writes DIR/comparison.md (final training metrics and the evaluation numbers
-`learner.evaluate` stored in RUN/eval/, per split), DIR/reward.png (stage reward against
-images sampled), DIR/eval.png (held-out alignment and diversity per run, against images
-sampled where several checkpoints of a run were evaluated) and DIR/side_by_side.png (the
-same prompts and noise, one column per run). Metric names are the ones logged to MLflow,
-so its own run comparison lines up with this table.
+`learner.evaluate` stored in RUN/eval/, per split, each with its size, seed and standard
+errors, and a ranking where the runs' evaluations are paired, `learner.pairing`),
+DIR/reward.png (stage reward against images sampled), DIR/eval.png (held-out alignment and
+diversity per run, against images sampled where several checkpoints of a run were
+evaluated; standard-error bars, axes from 0) and DIR/side_by_side.png (the same prompts
+and noise, one column per run). Metric names are the ones logged to MLflow, so its own run
+comparison lines up with this table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +24,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from configs.load import load_config  # noqa: E402
+from learner.eval_stats import stderr  # noqa: E402
+from learner.pairing import (  # noqa: E402
+    Choice,
+    choose,
+    describe_eval,
+    final_evals,
+    pairing,
+    ranking,
+    stage_of,
+)
+
+SPLITS = ("train", "test")
+METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
 
 
 @dataclass
@@ -39,11 +56,10 @@ class RunData:
     def images_per_stage(self) -> float:
         return self.stages[0]["images"] if self.stages else 0.0
 
-    def final_eval(self, split: str) -> dict | None:
-        found = [e for e in self.evals if split in e["splits"]]
-        if not found:
-            return None
-        return max(found, key=lambda e: -1 if e["stage"] is None else e["stage"])["splits"][split]
+
+def _choose(runs: list[RunData], split: str) -> Choice:
+    """`pairing.choose` over the runs' last evaluations."""
+    return choose([r.label for r in runs], [final_evals(r.evals, split) for r in runs], split)
 
 
 def resolve_run(ref: str) -> Path:
@@ -79,35 +95,47 @@ def load_run(path: Path) -> RunData:
     return RunData(path.name, path, cfg.algorithm, cfg.seed, stages, evals)
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.4f}"
+def _cell(split_result: dict | None, metric: str) -> str:
+    value = None if split_result is None else split_result.get(metric)
+    if value is None:
+        return "-"
+    se = stderr(split_result, metric)
+    return f"{value:.4f}" + ("" if se is None else f" ± {se:.4f}")
 
 
 def write_table(runs: list[RunData], out: Path) -> Path:
-    cols = ["clip_score", "bert_score", "diversity", "oracle_accuracy"]
     lines = ["# Run comparison", ""]
     lines.append(
         "| run | algorithm | seed | stages | images | final reward_mean | "
-        + " | ".join(f"{s} {c}" for s in ("train", "test") for c in cols)
+        + " | ".join(f"{s} {c}" for s in SPLITS for c in ("evaluation", *METRICS))
         + " |"
     )
-    lines.append("|" + "---|" * (6 + 2 * len(cols)))
-    for r in runs:
+    lines.append("|" + "---|" * (6 + 2 * (1 + len(METRICS))))
+    labels = [r.label for r in runs]
+    choices = {split: _choose(runs, split) for split in SPLITS}
+    for i, r in enumerate(runs):
         last = r.stages[-1] if r.stages else {}
         images = sum(s.get("images", 0) for s in r.stages)
+        reward = last.get("reward_mean")
         cells = []
-        for split in ("train", "test"):
-            e = r.final_eval(split) or {}
-            cells += [_fmt(e.get(c)) for c in cols]
+        for split in SPLITS:
+            e = choices[split].evals[i]
+            shown = None if e is None else e["splits"][split]
+            cells.append("-" if e is None else describe_eval(e, split))
+            cells += [_cell(shown, m) for m in METRICS]
         lines.append(
             f"| {r.label} | {r.algorithm} | {r.seed} | {len(r.stages)} | {int(images)} | "
-            f"{_fmt(last.get('reward_mean'))} | " + " | ".join(cells) + " |"
+            f"{'-' if reward is None else f'{reward:.4f}'} | " + " | ".join(cells) + " |"
         )
+    lines += [""]
+    for split in SPLITS:
+        if line := ranking(labels, split, choices[split]):
+            lines += [line, ""]
     lines += [
-        "",
         "Evaluation numbers come from `python -m learner.evaluate` (the run's last "
-        "evaluated checkpoint); `-` where a run was not evaluated or a metric does not "
-        "apply.",
+        "evaluated checkpoint, of a size and noise seed every run shares where there is "
+        "one) with their standard errors; `-` where a run was not evaluated or a metric "
+        "does not apply.",
         "",
         "![reward](reward.png)",
         "",
@@ -122,15 +150,17 @@ def write_table(runs: list[RunData], out: Path) -> Path:
 
 
 def plot_reward(runs: list[RunData], out: Path) -> Path:
+    """Each stage's reward_mean with a band of reward_std / sqrt(images), its standard
+    error were the images independent (branches of one trunk are not: a lower bound)."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for r in runs:
-        xs, total = [], 0.0
-        for s in r.stages:
-            total += s["images"]
-            xs.append(total)
-        ax.plot(xs, [s["reward_mean"] for s in r.stages], label=r.label, marker=".")
+        xs = np.cumsum([s["images"] for s in r.stages])
+        mean = np.array([s["reward_mean"] for s in r.stages])
+        se = np.array([s.get("reward_std", 0.0) / math.sqrt(s["images"]) for s in r.stages])
+        (line,) = ax.plot(xs, mean, label=r.label, marker=".")
+        ax.fill_between(xs, mean - se, mean + se, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xlabel("images sampled (reward queries)")
-    ax.set_ylabel("stage reward_mean")
+    ax.set_ylabel("stage reward_mean (± standard error)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -141,28 +171,42 @@ def plot_reward(runs: list[RunData], out: Path) -> Path:
 
 
 def plot_eval(runs: list[RunData], out: Path) -> Path:
+    """Held-out alignment and diversity of each run's evaluations (those paired with the
+    one `choose` shows) against images sampled, with standard-error bars and axes from 0,
+    so a difference within the noise does not fill the plot."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for r in runs:
-        pts = sorted(
-            (
-                (0 if e["stage"] is None else (e["stage"] + 1) * r.images_per_stage),
-                e["splits"]["test"],
-            )
-            for e in r.evals
-            if "test" in e["splits"]
-        )
-        if not pts:
+    choice = _choose(runs, "test")
+    shown = [e["splits"]["test"] for e in choice.evals if e is not None]
+    toy = bool(shown) and shown[0].get("oracle_accuracy") is not None
+    key = "oracle_accuracy" if toy else "clip_score"
+    for r, chosen in zip(runs, choice.evals, strict=True):
+        if chosen is None:
             continue
-        xs = [p[0] for p in pts]
-        key = "oracle_accuracy" if pts[0][1].get("oracle_accuracy") is not None else "clip_score"
-        axes[0].plot(xs, [p[1][key] for p in pts], marker="o", label=r.label)
-        axes[0].set_ylabel(f"held-out {key}")
-        axes[1].plot(xs, [p[1]["diversity"] for p in pts], marker="o", label=r.label)
-    axes[1].set_ylabel("held-out diversity")
+        pts = sorted(
+            ((stage_of(e) + 1) * r.images_per_stage, e["splits"]["test"])
+            for e in r.evals
+            if "test" in e["splits"] and pairing(e, "test") == pairing(chosen, "test")
+        )
+        xs = [x for x, _ in pts]
+        for ax, metric in zip(axes, (key, "diversity"), strict=True):
+            errors = [stderr(s, metric) for _, s in pts]
+            ax.errorbar(
+                xs,
+                [s[metric] for _, s in pts],
+                yerr=None if None in errors else errors,
+                marker="o",
+                capsize=3,
+                label=r.label,
+            )
+    axes[0].set_ylabel(f"held-out {key} (± standard error)")
+    axes[1].set_ylabel("held-out diversity (± standard error)")
     for ax in axes:
         ax.set_xlabel("images sampled")
+        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))  # 0 in view, as the scale
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if choice.problem:
+        fig.suptitle("held-out evaluations of different size or noise: not paired", fontsize=9)
     fig.tight_layout()
     path = out / "eval.png"
     fig.savefig(path, dpi=120)
@@ -202,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m learner.compare", description=__doc__.split("\n")[0]
     )
     p.add_argument("runs", nargs="+", help="run directories or MLflow run ids")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("comparison"), help="default: comparison/")
     p.add_argument("--no-images", action="store_true", help="skip the side-by-side grid")
     args = p.parse_args(argv)
     try:

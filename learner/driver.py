@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import ray
+import torch
 from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -26,6 +27,7 @@ from configs.schema import Config
 from learner.advantages import within_trunk_share
 from learner.learner_group import LearnerGroup
 from learner.stage import check_rewards, sampler_settings, stage_prompts
+from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows
 from rewards.actor import RewardWorker
 
 
@@ -40,7 +42,7 @@ class RewardFailure(RuntimeError):
 @dataclass
 class StageOutput:
     metrics: dict[str, float]
-    grid_images: object | None = None
+    grid_images: torch.Tensor | None = None  # uint8 [N, 3, H, W], N = len(grid_prompts)
     grid_prompts: list[str] = field(default_factory=list)
 
 
@@ -215,7 +217,7 @@ class StageRunner:
         t_sync = time.perf_counter() - t0
 
         restarts_before = self.restarts
-        owner, scored, stats, images = self._sample_and_score(stage, settings, prompts, chunks)
+        owner, scored, stats = self._sample_and_score(stage, settings, prompts, chunks)
         t_rollout_done = max(s["done_at"] for s in stats.values())
         t_scored = time.perf_counter()
 
@@ -256,12 +258,30 @@ class StageRunner:
             metrics[f"reward_{name}"] = float(values.mean())
         metrics.update({k2: float(v) for k2, v in update_stats.as_dict().items()})
         out = StageOutput(metrics)
-        if want_grid and images is not None:
-            out.grid_images = ray.get(images)
-            n = min(16, len(out.grid_images.prompts))
-            out.grid_prompts = out.grid_images.prompts[:n]
-            out.grid_images = out.grid_images.images[:n]
+        if want_grid:
+            out.grid_prompts = grid_rows(self.train_prompts)
+            out.grid_images = self._grid(stage, settings, out.grid_prompts)
+            metrics["seconds_grid"] = time.perf_counter() - t_end
         return out
+
+    def _grid(self, stage: int, settings, rows: list[str]) -> torch.Tensor | None:
+        """The grid rows from their fixed noise with the weights this stage trained, on the
+        first rollout actor that takes them; None (and training goes on) if none could."""
+        self.publish()
+        for a in list(self.alive):
+            self._sync([a])
+            if self.actor_version[a] != self.version:
+                continue
+            ref = self.cluster.rollouts[a].sample_fixed.remote(
+                self.version, rows, settings, GRID_SEED, GRID_STREAM
+            )
+            try:
+                return ray.get(ref)
+            except (RayActorError, RayTaskError) as exc:
+                if not self._recoverable(exc, a, f"the sample grid of stage {stage}"):
+                    raise
+        print(f"  stage {stage}: no rollout actor could sample the grid; skipped", flush=True)
+        return None
 
     def _sample_and_score(self, stage, settings, prompts, chunks):
         rt = self.cfg.runtime
@@ -272,7 +292,6 @@ class StageRunner:
         owner: dict[int, int] = {}
         scored: dict[int, tuple] = {}
         stats: dict[int, dict] = {}
-        first_images = None
         next_reward = 0
         while queue or pending_samples or pending_rewards:
             while queue and idle:
@@ -318,8 +337,6 @@ class StageRunner:
                     "row_bytes": info[2],
                     "done_at": time.perf_counter(),
                 }
-                if c == 0:
-                    first_images = images_ref
                 r = self.cluster.rewards[next_reward % len(self.cluster.rewards)]
                 next_reward += 1
                 pending_rewards[r.score.remote(images_ref)] = (c, 0, images_ref)
@@ -339,7 +356,7 @@ class StageRunner:
                     r = self.cluster.rewards[next_reward % len(self.cluster.rewards)]
                     next_reward += 1
                     pending_rewards[r.score.remote(images_ref)] = (c, attempt + 1, images_ref)
-        return owner, scored, stats, first_images
+        return owner, scored, stats
 
     def _recoverable(self, exc: BaseException, a: int, what: str) -> bool:
         """After a failed rollout task: True if the work can simply be done again."""

@@ -11,7 +11,9 @@ noise (the same for every checkpoint), scored with
   toy world's describer; bundled MiniLM),
 - diversity: mean pairwise cosine distance (1 - cos) of the open_clip IMAGE embeddings
   among the images of one prompt, averaged over prompts,
-- oracle_accuracy (toy prompts): share of images the exact checker judges correct.
+- oracle_accuracy (toy prompts): share of images the exact checker judges correct;
+each with its standard error (`learner.eval_stats`). The JSON goes to RUN/eval/ (`base`:
+OUTPUT_DIR/eval/), named by checkpoint, size, seed and split (`result_name`).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from configs.schema import Config, RewardTerm
 from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model
 from diffusion.sampler import SamplerSettings, sample_images
-from learner import checkpoint
+from learner import checkpoint, eval_stats
 from learner.prompts import load_prompts
+from toyworld.grammar import in_grammar
 
 EVAL_STAGE = 1_000_000  # a noise stream no training stage uses
 METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
@@ -69,17 +72,6 @@ def resolve(checkpoint_arg: str, config: Path | None, overrides: list[str]) -> T
     return Target(cfg, state.lora, f"{run_dir.name}@{stage_path.name}", run_dir, state.stage)
 
 
-def _toy_prompts(prompts: list[str]) -> bool:
-    from toyworld.grammar import parse
-
-    try:
-        for p in prompts:
-            parse(p)
-    except ValueError:
-        return False
-    return True
-
-
 def _clip_term(cfg: Config) -> RewardTerm:
     for term in cfg.rewards:
         if term.name == "clip_score":
@@ -109,11 +101,12 @@ class Evaluator:
         return sample_images(self.model, rows, settings, seed, EVAL_STAGE), rows
 
     def score(self, images: torch.Tensor, rows: list[str], prompts: list[str]) -> dict:
+        """A split's metrics, per prompt and overall, with the overall ones' standard
+        errors (`stderr`: over images; diversity: jackknife within each prompt)."""
         clip = self.clip(images, rows)
         emb = torch.cat([self.clip.embed_images(c) for c in images.split(256)]).cpu()
-        toy = _toy_prompts(prompts)
         bert = oracle = None
-        if toy:
+        if in_grammar(prompts):
             from rewards.scorers import BertScore
             from toyworld.checker import check_batch
 
@@ -121,29 +114,33 @@ class Evaluator:
                 self._bert = BertScore(RewardTerm(name="bert_score"), torch.device("cpu"))
             bert = self._bert(images, rows)
             oracle = check_batch(images.permute(0, 2, 3, 1).numpy(), rows)[0].astype(float)
-        per_prompt = {}
+        per_prompt, diversity_stderr = {}, []
         rows_arr = np.asarray(rows, dtype=object)
         for p in prompts:
             m = rows_arr == p
-            e = emb[torch.as_tensor(m)]
-            sim = e @ e.T
-            n = len(e)
-            div = float((1 - sim)[~torch.eye(n, dtype=torch.bool)].mean()) if n > 1 else 0.0
+            div, div_se = eval_stats.diversity(emb[torch.as_tensor(m)])
+            diversity_stderr.append(div_se)
             per_prompt[p] = {
                 "clip_score": float(clip[m].mean()),
                 "bert_score": None if bert is None else float(bert[m].mean()),
                 "diversity": div,
                 "oracle_accuracy": None if oracle is None else float(oracle[m].mean()),
             }
-        out = {
+        se = eval_stats.mean_stderr
+        return {
             "images": len(rows),
             "clip_score": float(clip.mean()),
             "bert_score": None if bert is None else float(bert.mean()),
             "diversity": float(np.mean([v["diversity"] for v in per_prompt.values()])),
             "oracle_accuracy": None if oracle is None else float(oracle.mean()),
+            "stderr": {
+                "clip_score": se(clip),
+                "bert_score": None if bert is None else se(bert),
+                "diversity": eval_stats.mean_of_prompts_stderr(diversity_stderr),
+                "oracle_accuracy": None if oracle is None else se(oracle),
+            },
             "per_prompt": per_prompt,
         }
-        return out
 
 
 def images_per_prompt(
@@ -259,6 +256,18 @@ def save_result(target: Target, result: dict, json_path: Path, mlflow: bool = Tr
     return result
 
 
+def result_name(label: str, args: argparse.Namespace) -> str:
+    """The default JSON name: checkpoint, size, noise seed and split, so an evaluation of
+    another size or seed (of `base` above all, whose results share one folder) is written
+    beside the earlier ones rather than over them."""
+    size = (
+        f"{args.images_per_prompt}-per-prompt"
+        if args.images_per_prompt is not None
+        else f"{args.images_per_split}-per-split"
+    )
+    return f"{label.replace('@', '_')}_{size}_seed{args.seed}_{args.split}.json"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m learner.evaluate", description=__doc__.split("\n")[0]
@@ -291,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print_table(result)
     out_dir = target.run_dir / "eval" if target.run_dir else Path(target.cfg.output_dir) / "eval"
-    json_path = args.json or out_dir / f"{target.label.replace('@', '_')}_{args.split}.json"
+    json_path = args.json or out_dir / result_name(target.label, args)
     save_result(target, result, json_path, mlflow=not args.no_mlflow)
     print(f"\nwrote {json_path}")
     return 0

@@ -81,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndone: {summary['stages_completed']} stages in {summary['seconds']:.0f} s")
     print(f"  results:  {summary['run_dir']}  (summary.json, metrics.jsonl, grids/, stages/)")
     print(f"  LoRA:     {summary['lora']}")
-    uri = summary["mlflow_tracking_uri"]
     if summary["mlflow_run_id"]:
-        print(f"  MLflow:   run {summary['mlflow_run_id']}; open it with")
-        print(f"            mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --workers 1")
-        print("            then browse http://127.0.0.1:5000")
+        from learner.tracking import run_page
+
+        page = run_page(
+            summary["mlflow_tracking_uri"],
+            summary["mlflow_experiment_id"],
+            summary["mlflow_run_id"],
+        )
+        print("  MLflow:   " + "\n            ".join(page))
     return 0
 
 

@@ -17,10 +17,10 @@ from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint
 from learner.driver import Cluster, StageRunner
-from learner.grid import save_grid
 from learner.prompts import load_prompts
 from learner.schedule import split_step
 from learner.tracking import Tracker
+from learner.training_grid import save_training_grid
 
 # config keys a resumed run may change without --force (how long and where to log)
 RESUMABLE_KEYS = {"stages", "logging", "runtime", "output_dir", "run_name"}
@@ -172,7 +172,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
             t1 = time.perf_counter()
             metrics = out.metrics
             if out.grid_images is not None:
-                path = save_grid(
+                path = save_training_grid(
                     out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
                 )
                 tracker.artifact(path, "grids")
@@ -204,6 +204,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
         "stages_completed": last_stage + 1,
         "final_metrics": metrics,
         "mlflow_run_id": tracker.run_id,
+        "mlflow_experiment_id": tracker.experiment_id,
         "mlflow_tracking_uri": _tracking_uri(),
         "seconds": time.perf_counter() - t_run,
         "lora": str(run_dir / "lora" / "pytorch_lora_weights.safetensors"),

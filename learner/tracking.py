@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from configs.load import PROJECT_ROOT, flatten
 from configs.schema import Config
@@ -35,6 +36,7 @@ class Tracker:
         self.metrics_path = run_dir / "metrics.jsonl"
         self.enabled = cfg.logging.mlflow
         self.run_id: str | None = None
+        self.experiment_id: str | None = None
         self.problem: str | None = None
         if not self.enabled:
             return
@@ -49,6 +51,7 @@ class Tracker:
                 else mlflow.start_run(run_name=run_name)
             )
             self.run_id = run.info.run_id
+            self.experiment_id = run.info.experiment_id
             if not resume_id:
                 mlflow.log_params(flatten(cfg))
                 mlflow.set_tags({"algorithm": cfg.algorithm, "git_commit": git_commit()})
@@ -92,3 +95,20 @@ class Tracker:
                 self._mlflow.end_run(status=status)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
+
+
+def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> list[str]:
+    """How to open a run's page in the MLflow UI, as lines to print: on a tracking server
+    its URL (without any user:password@); for a store `mlflow ui` serves (sqlite, a folder,
+    a database) that command and the URL of the page it then serves."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    url = urlsplit(tracking_uri)
+    if url.scheme in ("http", "https"):
+        host = url.netloc.rpartition("@")[2]
+        return [urlunsplit((url.scheme, host, url.path.rstrip("/") + "/", "", "")) + page]
+    if url.scheme == "databricks":
+        return [f"run {run_id} of experiment {experiment_id} in the Databricks workspace"]
+    return [
+        f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --workers 1",
+        f"then browse http://127.0.0.1:5000/{page}",
+    ]

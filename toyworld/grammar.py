@@ -15,6 +15,7 @@ caption and `parse(caption(spec)) == spec` holds for all of `all_specs()`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 # Saturated and far apart in RGB (pairwise distance >= 180, each >= 250 from white), so a
@@ -123,6 +124,16 @@ def parse(prompt: str) -> Spec:
             )
         return Spec((first, second), None if m[3] == "and" else m[3])
     raise ValueError(f"prompt {prompt!r} is outside the toy grammar")
+
+
+def in_grammar(prompts: Iterable[str]) -> bool:
+    """True if every prompt parses: then the exact checker can judge images of them."""
+    try:
+        for prompt in prompts:
+            parse(prompt)
+    except ValueError:
+        return False
+    return True
 
 
 def all_objects() -> list[ObjectSpec]:

@@ -108,6 +108,7 @@ def test_evaluate_base_and_checkpoint_and_compare(
             first = next(iter(r["per_prompt"].values()))
             assert key in first
         assert r["images"] == 2 * len(r["per_prompt"])
+        assert all(math.isfinite(v) and v >= 0 for v in r["stderr"].values()), r["stderr"]
     assert "open_clip toy-clip image embedding" in a["diversity_embedding"]
 
     run_a = _fake_run(cfg, "run_a", 0.5)
@@ -143,8 +144,26 @@ def test_evaluate_base_and_checkpoint_and_compare(
     assert compare_main([str(run_a), str(run_b), "--out", str(out)]) == 0
     table = (out / "comparison.md").read_text()
     assert "| run_a |" in table and "| run_b |" in table
+    assert "| run_a | b2 | 0 | 1 | 4 | 0.5000 | - |" in table  # not evaluated on train
     for name in ("reward.png", "eval.png", "side_by_side.png"):
         assert (out / name).stat().st_size > 1000, name
+
+    # run_b at another size: shown with its size, and not ranked against run_a
+    test_prompts = len(a["splits"]["test"]["per_prompt"])
+    for size in ("1", "2"):
+        torch.manual_seed(0)
+        argv = ["--checkpoint", str(run_b), "--split", "test", "--images-per-prompt", size]
+        assert evaluate_main(argv) == 0
+        assert compare_main([str(run_a), str(run_b), "--out", str(out), "--no-images"]) == 0
+        table = (out / "comparison.md").read_text()
+        assert f"{test_prompts * int(size)} images ({size} a prompt), seed 1234" in table
+        if size == "1":
+            assert "Not ranked: the test evaluations differ in size (run_a: " in table
+            assert "Ranking on" not in table
+    # the size-2 evaluation sits beside the size-1 one, and the shared size is ranked
+    assert len(list((run_b / "eval").glob("*.json"))) == 2
+    assert "Not ranked" not in table and "Ranking on test by oracle_accuracy" in table
+    assert "1 a prompt" not in table
 
 
 def test_evaluate_refuses_bad_checkpoint(tmp_path, capsys):
@@ -187,3 +206,20 @@ def test_images_per_split_spreads_evenly_over_each_splits_prompts(
     assert capsys.readouterr().err.strip() == "error: --images-per-split 0: must be >= 1"
     with pytest.raises(SystemExit):  # argparse: one way to size the splits at a time
         evaluate_main([*argv, "--images-per-split", "8", "--images-per-prompt", "2"])
+
+
+def test_evaluating_base_at_another_size_keeps_the_earlier_one(
+    toy_clip_registered, tiny_pipeline_dir, tmp_path, capsys
+):
+    cfg = _cfg(tiny_pipeline_dir, tmp_path)
+    cfg_path = tmp_path / "cfg.yaml"
+    cfg_path.write_text(dump_config(cfg))
+    argv = ["--checkpoint", "base", "--config", str(cfg_path), "--split", "test", "--no-mlflow"]
+    assert evaluate_main([*argv, "--images-per-prompt", "1"]) == 0
+    first = tmp_path / "eval" / "base_1-per-prompt_seed1234_test.json"
+    before = first.read_text()
+    assert evaluate_main([*argv, "--images-per-split", "40"]) == 0
+    second = tmp_path / "eval" / "base_40-per-split_seed1234_test.json"
+    assert first.read_text() == before
+    assert json.loads(second.read_text())["images_per_prompt"] == {"test": 4}
+    assert f"wrote {second}" in capsys.readouterr().out

@@ -1,10 +1,23 @@
-"""Sample grids: one cell per image, caption under it, optional correctness frames."""
+"""Sample grids: whole captions, correctness frames, and the training grid's fixed noise."""
 
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
+from PIL import Image, ImageDraw, ImageFont
 
-from learner.grid import BAD, GOOD, grid_image, save_grid
+from actors.rollout import RolloutWorker, StaleWeightsError
+from learner.grid import BAD, GOOD, grid_image, save_grid, wrap
+from learner.stage import sampler_settings
+from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows, save_training_grid, verdict
+from toyworld.render import render_prompt
+
+
+def _ink_bottom(img: Image.Image, top: int) -> int:
+    """The lowest row below `top` holding dark (text) pixels."""
+    a = np.asarray(img.convert("L"))[top:]
+    return top + int(np.flatnonzero((a < 128).any(axis=1)).max())
 
 
 def test_grid_frames_mark_correct_and_wrong_images(tmp_path):
@@ -16,10 +29,78 @@ def test_grid_frames_mark_correct_and_wrong_images(tmp_path):
         cell=32,
         correct=[True, False, True],
     )
-    assert img.size == (2 * 32, 2 * (32 + 28))
+    assert img.size[0] == 2 * 32 and img.size[1] % 2 == 0
     assert img.getpixel((0, 0)) == GOOD and img.getpixel((32, 0)) == BAD
     assert img.getpixel((16, 16)) == (255, 255, 255)  # the image itself, upscaled
     plain = grid_image(images, ["a", "b", "c"], columns=2, cell=32)
     assert plain.getpixel((0, 0)) == (255, 255, 255)  # no frames unless asked
     path = save_grid(images, ["a", "b", "c"], tmp_path / "g" / "grid.png")
     assert path.is_file()
+
+
+def test_long_captions_are_wrapped_whole_not_cut():
+    caption = "toy_b2-s0@stage_0095: a blue triangle left of a red square"
+    cell = 64
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), ImageFont.load_default()
+    lines = wrap(caption, cell - 4, draw, font)
+    assert len(lines) >= 4  # more than the two lines a fixed caption band held
+    assert "".join(lines).replace(" ", "") == caption.replace(" ", "")  # no character lost
+    assert all(draw.textlength(line, font=font) <= cell - 4 for line in lines)
+
+    images = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
+    full = grid_image(images, [caption, "a"], columns=1, cell=cell)
+    two_lines = grid_image(images, [" ".join(lines[:2]), "a"], columns=1, cell=cell)
+    row = full.size[1] // 2  # the second image starts here, under the first caption
+    assert _ink_bottom(full, cell) > _ink_bottom(two_lines, cell)  # every line drawn
+    assert _ink_bottom(full.crop((0, 0, cell, row)), cell) < row - 1  # and inside its band
+
+
+def test_grid_rows_show_each_prompt_with_a_few_noises():
+    five = [f"p{i}" for i in range(5)]
+    assert grid_rows(five) == five * 3  # row by row: one column per prompt
+    many = [f"p{i}" for i in range(20)]
+    assert grid_rows(many) == many[:8] * 2
+    assert grid_rows(["a", "a", "b"]) == ["a", "b"] * 4
+
+
+def test_toy_verdict_frames_the_training_grid(tmp_path):
+    prompts = ["a red circle", "a blue square"]
+    rendered = [render_prompt(p, seed=0) for p in prompts]
+    # each render under its own prompt, then under the other one
+    rows = prompts + prompts[::-1]
+    images = torch.as_tensor(np.stack(rendered * 2)).permute(0, 3, 1, 2).contiguous()
+    assert verdict(images, rows) == [True, True, False, False]
+    img = Image.open(save_training_grid(images, rows, tmp_path / "grid.png")).convert("RGB")
+    cell = img.size[0] // 2  # two prompts: two columns
+    row = img.size[1] // 2
+    assert [img.getpixel((x, y)) for y in (0, row) for x in (0, cell)] == [GOOD, GOOD, BAD, BAD]
+
+    free_text = ["a photo of a cat", "a castle at dusk"] * 2  # not the toy world: no verdict
+    assert verdict(images, free_text) is None
+    img = Image.open(save_training_grid(images, free_text, tmp_path / "free.png")).convert("RGB")
+    assert img.getpixel((0, 0)) not in (GOOD, BAD)
+
+
+def test_training_grid_noise_is_the_same_at_every_stage(tiny_cfg):
+    worker = RolloutWorker(tiny_cfg)
+    weights = {k: v.clone() for k, v in worker.model.unet.state_dict().items() if "lora" in k}
+    worker.set_weights(0, weights)
+    rows = grid_rows(["a red circle", "two blue squares", "a green triangle"])
+
+    def grid(stage: int) -> torch.Tensor:
+        settings = sampler_settings(tiny_cfg, stage)
+        return worker.sample_fixed(0, rows, settings, GRID_SEED, GRID_STREAM)
+
+    first, last = grid(0), grid(tiny_cfg.stages - 1)
+    assert sampler_settings(tiny_cfg, 0).split_step != sampler_settings(tiny_cfg, 3).split_step
+    assert first.shape[:2] == (len(rows), 3) and first.dtype == torch.uint8
+    assert torch.equal(first, last)  # the stage changes nothing but the weights
+    assert not torch.equal(first[0], first[3])  # one prompt, two noises
+
+    moved = {k: v + 0.5 * torch.randn_like(v) for k, v in weights.items()}
+    worker.set_weights(1, moved)
+    assert not torch.equal(
+        worker.sample_fixed(1, rows, sampler_settings(tiny_cfg, 0), GRID_SEED, GRID_STREAM), first
+    )
+    with pytest.raises(StaleWeightsError):
+        worker.sample_fixed(0, rows, sampler_settings(tiny_cfg, 0), GRID_SEED, GRID_STREAM)

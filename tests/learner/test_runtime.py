@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import ray
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from configs.schema import Config
@@ -102,11 +104,51 @@ def test_run_writes_checkpoints_metrics_and_mlflow(reference_run):
     assert m["unet_evaluations"] == 4 * ((5 - 2) + 3 * 2) * 2
     runs = mlflow.search_runs(experiment_names=["tests"], output_format="list")
     run = next(r for r in runs if r.info.run_id == summary["mlflow_run_id"])
+    assert saved["mlflow_experiment_id"] == run.info.experiment_id  # for the run page URL
     assert run.data.params["sampling.branches"] == "3"
     assert run.data.tags["algorithm"] == "b2"
     history = mlflow.tracking.MlflowClient().get_metric_history(run.info.run_id, "reward_mean")
     assert [h.step for h in history] == [0, 1, 2]
     assert _lora(run_dir)  # exported in diffusers format
+
+
+def test_grids_show_each_checkpoint_from_the_same_noise(reference_run, tmp_path):
+    """grids/stage_N.png is the model of stages/stage_N sampled from the grid's fixed noise
+    (resampled here from the checkpoint), framed by the toy checker's verdict."""
+    from diffusion.lora import attach_lora, load_lora_state
+    from diffusion.pipeline import load_model
+    from diffusion.sampler import sample_images
+    from learner import checkpoint
+    from learner.grid import BAD, GOOD
+    from learner.prompts import load_prompts
+    from learner.stage import sampler_settings
+    from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows, save_training_grid
+
+    cfg, run_dir, _ = reference_run
+    assert sorted(p.name for p in (run_dir / "grids").iterdir()) == [
+        "stage_0000.png",
+        "stage_0002.png",
+    ]
+    rows = grid_rows(load_prompts(cfg.prompts.train))
+    model = load_model(cfg.model, torch.device("cpu"))
+    attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the rollout actor, so the pixels match
+    try:
+        saved = {}
+        for stage in (0, 2):
+            state = checkpoint.load(run_dir / "stages" / f"stage_{stage:04d}")
+            load_lora_state(model.unet, state.lora, f"stage {stage}")
+            images = sample_images(
+                model, rows, sampler_settings(cfg, stage), GRID_SEED, GRID_STREAM
+            )
+            want = Image.open(save_training_grid(images, rows, tmp_path / f"{stage}.png"))
+            saved[stage] = np.asarray(Image.open(run_dir / "grids" / f"stage_{stage:04d}.png"))
+            assert np.abs(np.asarray(want, dtype=int) - saved[stage]).max() <= 1
+    finally:
+        torch.set_num_threads(threads)
+    assert saved[0].shape == saved[2].shape and not np.array_equal(saved[0], saved[2])
+    assert tuple(saved[0][0, 0]) in (GOOD, BAD)  # the toy world's prompts: framed
 
 
 def test_resume_equals_uninterrupted(reference_run, tiny_pipeline_dir, tmp_path):
