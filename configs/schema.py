@@ -244,4 +244,30 @@ class Config(Section):
             raise ValueError("loss.name=pairwise needs sampling.branches >= 2")
         if not self.rewards:
             raise ValueError("rewards must name at least one scorer")
+        reason = self._trains_nothing()
+        if reason:
+            raise ValueError(f"{reason}: no sample could ever be trained")
         return self
+
+    def _trains_nothing(self) -> str | None:
+        """Why no stage of a run with this config could train anything (None: it can)."""
+        k, sel, adv = self.sampling.branches, self.selection, self.advantage
+        if k < 2 and sel.mode == "extremes":
+            return (
+                f"sampling.branches={k}: selection.mode=extremes takes the best and worst of "
+                "each trunk's branches and needs branches >= 2"
+            )
+        if k < 2 and adv.mode == "group":
+            return f"sampling.branches={k}: advantage.mode=group centres within each trunk"
+        if self.loss.name == "ppo_clip" and self.loss.beta_pos == 0 and self.loss.beta_neg == 0:
+            return "loss.beta_pos=0 and loss.beta_neg=0 weight every sample by zero"
+        if sel.mode == "extremes" and adv.mode == "group" and adv.group_scale == "trunk":
+            # a trunk's standardised advantages lie within +-sqrt(K - 1)
+            bound = (k - 1) ** 0.5
+            no_pos, no_neg = sel.tau_pos > bound, sel.tau_neg <= -bound
+            if (no_pos and no_neg) or (self.loss.name == "pairwise" and (no_pos or no_neg)):
+                return (
+                    f"selection.tau_pos={sel.tau_pos}, tau_neg={sel.tau_neg}: with "
+                    f"sampling.branches={k} a trunk's advantages lie within +-{bound:.3g}"
+                )
+        return None

@@ -223,10 +223,17 @@ def log_to_mlflow(target: Target, result: dict, out_dir: Path) -> str | None:
     from learner.grid import save_grid
     from learner.tracking import Tracker
 
-    run_id = None
+    run_id, uri = None, None
     if target.run_dir is not None and (target.run_dir / "run.json").is_file():
-        run_id = json.loads((target.run_dir / "run.json").read_text()).get("mlflow_run_id")
-    tracker = Tracker(target.cfg, out_dir, f"eval-{target.label}", run_id)
+        info = json.loads((target.run_dir / "run.json").read_text())
+        run_id, uri = info.get("mlflow_run_id"), info.get("mlflow_tracking_uri")
+    tracker = Tracker(
+        target.cfg,
+        out_dir,
+        f"eval-{target.label}",
+        run_id,
+        os.environ.get("MLFLOW_TRACKING_URI") or uri,
+    )
     metrics = {
         f"eval_{split}_{m}": r[m]
         for split, r in result["splits"].items()

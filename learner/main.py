@@ -37,6 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from diffusion.pipeline import PipelineLoadError
     from learner.checkpoint import CheckpointError
     from learner.driver import RewardFailure, RuntimeSetupError
+    from learner.outputs import OutputError
     from learner.prompts import PromptFileError
     from learner.run import ResumeError
     from learner.stage import NonFiniteReward
@@ -50,6 +51,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         LoraShapeError,
         CheckpointError,
         ResumeError,
+        OutputError,
         RuntimeSetupError,
         RewardFailure,
         NonFiniteReward,
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # errors a user can fix: one line, non-zero exit, nothing written
     from configs.load import load_config
+    from learner.outputs import check_job_path, describe_uri, resolve_outputs, run_tracking_uri
     from learner.preflight import preflight
     from learner.run import execute, prepare
 
@@ -69,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = None
         if args.config is not None or args.resume is None:
             cfg = load_config(args.config, args.overrides)
+        if args.resume is not None:
+            check_job_path("--resume", args.resume)
         cfg, run_dir, resuming = prepare(cfg, args.resume, args.overrides, args.force)
+        outputs = resolve_outputs(cfg.output_dir)
         preflight(cfg)
-        summary = execute(cfg, run_dir, resuming)
+        print(f"run directory: {run_dir.resolve()}", flush=True)
+        if cfg.logging.mlflow:
+            uri = describe_uri(run_tracking_uri(run_dir, outputs))
+            print(f"MLflow: {uri} (experiment {cfg.logging.experiment})", flush=True)
+        summary = execute(cfg, run_dir, resuming, outputs=outputs)
     except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

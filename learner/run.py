@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -17,6 +18,8 @@ from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint
 from learner.driver import Cluster, StageRunner
+from learner.outputs import Outputs, resolve_outputs, run_tracking_uri
+from learner.progress import Progress
 from learner.prompts import load_prompts
 from learner.schedule import split_step
 from learner.tracking import Tracker
@@ -111,8 +114,11 @@ def execute(
     resuming: bool,
     on_submit: Callable | None = None,
     stop_after: int | None = None,
+    outputs: Outputs | None = None,
 ) -> dict:
-    """Run (or continue) the stages. `stop_after` ends early after that stage (tests)."""
+    """Run (or continue) the stages. `stop_after` ends early after that stage (tests);
+    `outputs` (default: resolved from the config) says where MLflow logs."""
+    outputs = outputs or resolve_outputs(cfg.output_dir)
     load_prompts(cfg.prompts.test, "prompts.test")
     start_stage, state, last = 0, None, None
     if resuming:
@@ -122,7 +128,7 @@ def execute(
             start_stage = state.stage + 1
     started = connect(cfg)
     try:
-        return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after)
+        return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs)
     except BaseException:
         if not resuming and checkpoint.latest(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written stays behind
@@ -132,15 +138,28 @@ def execute(
             ray.shutdown()
 
 
-def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> dict:
+def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs) -> dict:
     train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
     cluster = Cluster(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     info_path = run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    tracker = Tracker(cfg, run_dir, run_dir.name, info.get("mlflow_run_id"))
-    info.update({"run_name": run_dir.name, "mlflow_run_id": tracker.run_id})
+    tracker = Tracker(
+        cfg,
+        run_dir,
+        run_dir.name,
+        info.get("mlflow_run_id"),
+        run_tracking_uri(run_dir, outputs),
+        outputs.artifact_location,
+    )
+    info.update(
+        {
+            "run_name": run_dir.name,
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": _tracking_uri() if tracker.run_id else None,
+        }
+    )
     info_path.write_text(json.dumps(info, indent=2))
     tracker.artifact(run_dir / "config.yaml")
     if state is not None:
@@ -157,12 +176,12 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
     print(
         f"b2-diffurl: {cfg.algorithm} on {cfg.model.pretrained}, {cfg.stages} stages x "
         f"{cfg.sampling.trunks_per_stage} trunks x {cfg.sampling.branches} branches; "
-        f"{cfg.runtime.rollout_actors} rollout + {cfg.runtime.reward_actors} reward actors; "
-        f"run dir {run_dir}",
+        f"{cfg.runtime.rollout_actors} rollout + {cfg.runtime.reward_actors} reward actors",
         flush=True,
     )
     try:
         last_stage = cfg.stages - 1 if stop_after is None else min(stop_after, cfg.stages - 1)
+        progress = Progress(start_stage, last_stage)
         for stage in range(start_stage, last_stage + 1):
             t0 = time.perf_counter()
             grid = cfg.logging.grid_every > 0 and (
@@ -188,9 +207,12 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after) -> d
                 f"-{int(metrics['negatives'])}  loss {metrics['loss']:+.4f}  "
                 f"kl {metrics['approx_kl']:.2e}  "
                 + (f"kl_base {metrics['kl_base']:.2e}  " if cfg.loss.kl_coef > 0 else "")
-                + f"{metrics['seconds_stage']:.1f}s",
+                + f"{metrics['seconds_stage']:.1f}s  {progress.times(stage)}",
                 flush=True,
             )
+            warning = progress.idle_warning(stage, metrics)
+            if warning:
+                print(warning, file=sys.stderr, flush=True)
         lora_dir = run_dir / "lora"
         final = cluster.learner.weights()
         export_lora(final, cfg.train.lora, lora_dir)

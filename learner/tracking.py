@@ -31,7 +31,17 @@ def git_commit() -> str:
 
 
 class Tracker:
-    def __init__(self, cfg: Config, run_dir: Path, run_name: str, resume_id: str | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        run_dir: Path,
+        run_name: str,
+        resume_id: str | None = None,
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+    ):
+        """`tracking_uri` None: MLflow's own default (MLFLOW_TRACKING_URI, else ./mlflow.db);
+        `artifact_location` is used when this call creates the experiment."""
         self.run_dir = run_dir
         self.metrics_path = run_dir / "metrics.jsonl"
         self.enabled = cfg.logging.mlflow
@@ -44,7 +54,12 @@ class Tracker:
             import mlflow
 
             self._mlflow = mlflow
-            mlflow.set_experiment(cfg.logging.experiment)
+            if tracking_uri:
+                mlflow.set_tracking_uri(tracking_uri)
+            name = cfg.logging.experiment
+            if artifact_location and mlflow.get_experiment_by_name(name) is None:
+                mlflow.create_experiment(name, artifact_location=artifact_location)
+            mlflow.set_experiment(name)
             run = (
                 mlflow.start_run(run_id=resume_id)
                 if resume_id

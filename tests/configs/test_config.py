@@ -73,6 +73,35 @@ def test_bad_config_is_one_line_naming_file_key_value(tmp_path, text, overrides,
     assert "\n" not in msg and str(path) in msg and needle in msg, msg
 
 
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["sampling.branches=1"], "sampling.branches=1: selection.mode=extremes"),
+        (
+            ["sampling.branches=1", "selection.mode=all"],
+            "sampling.branches=1: advantage.mode=group",
+        ),
+        (["loss.beta_pos=0", "loss.beta_neg=0"], "loss.beta_pos=0 and loss.beta_neg=0"),
+        (
+            ["selection.tau_pos=1.8", "selection.tau_neg=-1.8"],
+            "within +-1.73",  # the preset's 4 branches: standardised advantages <= sqrt(3)
+        ),
+        (["sampling.branches=2", "selection.tau_pos=1.01", "loss.name=pairwise"], "+-1"),
+    ],
+)
+def test_a_config_that_can_train_nothing_is_refused(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    msg = str(err.value)
+    assert needle in msg and msg.endswith("no sample could ever be trained"), msg
+
+
+def test_a_config_that_trains_on_one_side_is_accepted():
+    # no positives can pass tau_pos=1.8 with 4 branches, but the worst branches still train
+    assert load_config(None, ["selection.tau_pos=1.8"]).selection.tau_neg == -0.5
+    assert load_config(None, ["sampling.branches=2"]).sampling.branches == 2
+
+
 def test_missing_and_non_utf8_config(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
