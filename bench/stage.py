@@ -15,6 +15,7 @@ of that Markdown file.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import platform
@@ -212,18 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         "--doc", type=Path, help="add the results to this Markdown file's Stage profile section"
     )
     args = p.parse_args(argv)
+    faulthandler.enable()  # a native crash prints the Python stack of every thread
     cfg = load_config(args.config, args.overrides)
     tmp = Path(cfg.output_dir) / f"bench-{int(time.time())}"
     tmp.mkdir(parents=True, exist_ok=True)
+    # The in-process parts first, then both Ray parts in one Ray session: Ray leaves native
+    # threads (gRPC, its GCS client) running after ray.shutdown(), one set per session, and
+    # they must not overlap later torch work or outlive a second session at exit.
+    inproc = inprocess_stages(cfg, args.stages)
+    sampler = sampler_ratio(cfg)
     ray_m = ray_stages(cfg, args.stages, tmp)
+    one = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"rollout_actors": 1})})
+    one_m = ray_stages(one, min(2, args.stages), tmp / "one")
     import ray
 
     ray.shutdown()
-    one = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"rollout_actors": 1})})
-    one_m = ray_stages(one, min(2, args.stages), tmp / "one")
-    ray.shutdown()
-    inproc = inprocess_stages(cfg, args.stages)
-    sampler = sampler_ratio(cfg)
     summary = summarize(cfg, ray_m, inproc, one_m, sampler)
     command = "python -m bench.stage " + " ".join(argv if argv is not None else sys.argv[1:])
     summary["meta"] = {
