@@ -1,4 +1,5 @@
-"""The paper's SD preset end to end through Ray, on a random SD-1.5-shaped pipeline (CPU)."""
+"""The paper's SD preset end to end through Ray, on a random SD-1.5-shaped pipeline: two
+rollout actors and two learner workers (one gloo process group) on the CPU."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ CPU_RUNTIME = [
     "runtime.rollout_cpus=1",
     "runtime.reward_cpus=1",
     "runtime.learner_cpus=1",
+    "runtime.learner_workers=2",
+    "runtime.learner_threads=1",
 ]
 
 
