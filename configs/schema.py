@@ -8,7 +8,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class Section(BaseModel):
@@ -31,6 +38,24 @@ class ModelConfig(Section):
         "DDPO runs on the toy world collapsed with it (docs/RESULTS.md, ninth session). "
         "No effect on float16 / bfloat16 models or on the CPU.",
     )
+    autocast: Literal["none", "bf16", "fp16"] = Field(
+        "none",
+        description="Run the UNet under torch.autocast in this half precision wherever the "
+        "policy runs (sampling, training, evaluation), so the learner recomputes log-probs "
+        "with the sampler's arithmetic; the LoRA and its optimizer state stay float32. fp16 "
+        "scales the loss with torch's GradScaler. model.dtype is then float32 or the same "
+        "half type.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        half = {"bf16": "bfloat16", "fp16": "float16"}.get(self.autocast)
+        if half and self.dtype not in ("float32", half):
+            raise ValueError(
+                f"model.autocast={self.autocast} with model.dtype={self.dtype}: autocast "
+                f"computes in {half}, so the weights must be float32 or {half}"
+            )
+        return self
 
 
 class SamplingConfig(Section):
@@ -43,25 +68,38 @@ class SamplingConfig(Section):
 
 
 class ScheduleConfig(Section):
-    """How many final denoising steps (the interval, s_i) stage i trains.
+    """Which denoising steps (the interval) stage i trains.
 
-    `linear` is the reference schedule s_i = start + floor((end - start + 1) * i / stages).
+    backward (the paper; `linear` is accepted as the same): the last s_i steps, with the
+    reference ramp s_i = start + floor((end - start + 1) * i / stages), capped at end;
+    forward: the first s_i steps of the same ramp; window: `width` steps whose first index
+    slides from 0 (the noisiest step) to num_steps - width over the stages, by the same
+    rule; list: the last values[i] steps (the last value repeats); constant: the last
+    `start` steps.
     """
 
-    kind: Literal["linear", "list", "constant"] = "linear"
+    kind: Literal["backward", "forward", "window", "list", "constant"] = "backward"
     start: int = Field(14, ge=1)
     end: int = Field(20, ge=1)
     stages: int | None = Field(None, ge=1, description="Stages the ramp spans; default: all.")
     values: list[int] | None = None
+    width: int | None = Field(None, ge=1, description="window: steps in the interval.")
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _linear_is_backward(cls, kind: object) -> object:
+        return "backward" if kind == "linear" else kind
 
     @model_validator(mode="after")
     def _check(self) -> ScheduleConfig:
         if self.kind == "list" and not self.values:
             raise ValueError("schedule.values must list one interval per stage when kind=list")
-        if self.kind == "linear" and self.start > self.end:
+        if self.kind in ("backward", "forward") and self.start > self.end:
             raise ValueError(f"schedule.start={self.start} is above schedule.end={self.end}")
         if self.values and min(self.values) < 1:
             raise ValueError(f"schedule.values={self.values} must all be >= 1")
+        if (self.kind == "window") != (self.width is not None):
+            raise ValueError("schedule.width is the interval of kind=window, and only of it")
         return self
 
 
@@ -143,8 +181,33 @@ class TrainConfig(Section):
     weight_decay: float = Field(1e-4, ge=0.0)
     max_grad_norm: float = Field(1.0, gt=0.0)
     epochs: int = Field(2, ge=1)
-    batch_size: int = Field(8, ge=1, description="Trajectories per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Training units (trajectories; pairs with loss.name=pairwise) per batch; "
+        "grad_accum batches make one optimizer step.",
+    )
+    grad_accum: int = Field(1, ge=1, description="Batches per optimizer step.")
+    micro_batch: int = Field(
+        0,
+        ge=0,
+        description="Training units per forward / backward: each batch is cut into pieces "
+        "of this size whose gradients add up to the batch's (memory only, not the update). "
+        "0: the whole batch.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the UNet's activations in the backward pass instead of "
+        "keeping them (diffusers' enable_gradient_checkpointing): much less memory per "
+        "trajectory, about one more forward of time.",
+    )
+    onpolicy_tolerance: float | None = Field(
+        None,
+        gt=0.0,
+        description="Largest |ratio - 1| of the recomputed to the sampled log-probs before a "
+        "stage's first optimizer step that passes without a warning. None: 1e-4 when the "
+        "UNet computes in float32, 1e-2 in half precision.",
+    )
     target_kl: float | None = Field(
         None,
         gt=0.0,
@@ -154,10 +217,50 @@ class TrainConfig(Section):
     shuffle_timesteps: bool = True
     lora: LoraConfig = LoraConfig()
 
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.micro_batch > self.batch_size:
+            raise ValueError(
+                f"train.micro_batch={self.micro_batch} is above train.batch_size="
+                f"{self.batch_size} (a micro-batch is a piece of one batch)"
+            )
+        return self
+
+
+PROMPT_SETS = ("animals_activities", "colour_fruit", "object_relation")
+
+
+def prompt_set_files(name: str) -> dict[str, str]:
+    """The train and test files of a named prompt set (ALGORITHM.md's three templates)."""
+    return {split: f"configs/prompts/{name}_{split}.txt" for split in ("train", "test")}
+
 
 class PromptsConfig(Section):
+    """`set` names one of the paper's prompt templates and stands for its two files;
+    otherwise `train` / `test` are prompt files (one prompt a line)."""
+
+    set: Literal["animals_activities", "colour_fruit", "object_relation"] | None = None
     train: str = "toyworld/prompts/all_train.txt"
     test: str = "toyworld/prompts/all_test.txt"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files_of_the_set(cls, data: object) -> object:
+        # a set fills in its files; the resolved config a run saves names both, so equal
+        # files beside a set are accepted and other ones refused (`_one_source`)
+        if isinstance(data, dict) and data.get("set") in PROMPT_SETS:
+            return {**prompt_set_files(data["set"]), **data}
+        return data
+
+    @field_validator("train", "test")
+    @classmethod
+    def _one_source(cls, path: str, info: ValidationInfo) -> str:
+        name = info.data.get("set")
+        if name is not None and path != prompt_set_files(name)[info.field_name]:
+            raise ValueError(
+                f"prompts.set={name} names the prompt files itself: give a set or files, not both"
+            )
+        return path
 
 
 class RewardTerm(Section):
@@ -192,11 +295,35 @@ class RuntimeConfig(Section):
         "CPU), each on its own bundle of learner_cpus / learner_gpus; the update's work is "
         "sharded over them and their LoRA gradients all-reduced: the same update as one.",
     )
+    placement: Literal["separate", "colocated"] = Field(
+        "separate",
+        description="separate: rollout actors, reward actors and learner ranks each on "
+        "bundles of their own; colocated: rollout actor i and learner rank i share bundle i "
+        "(one GPU: rollout_gpus + learner_gpus = 1), so every GPU samples, then trains.",
+    )
     trunks_per_task: int = Field(
         0, ge=0, description="Trunks per rollout task (0: an eighth of the stage's trunks)."
     )
     max_restarts: int = Field(3, ge=0)
     max_task_retries: int = Field(2, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> RuntimeConfig:
+        if self.placement != "colocated":
+            return self
+        if self.rollout_actors != self.learner_workers:
+            raise ValueError(
+                f"runtime.placement=colocated pairs each rollout actor with a learner rank: "
+                f"rollout_actors={self.rollout_actors} must equal "
+                f"learner_workers={self.learner_workers}"
+            )
+        gpus = self.rollout_gpus + self.learner_gpus
+        if gpus > 0 and abs(gpus - 1.0) > 1e-9:
+            raise ValueError(
+                f"runtime.placement=colocated: rollout_gpus + learner_gpus = {gpus:g}; a "
+                "colocated bundle is one GPU, so they must add up to 1"
+            )
+        return self
 
 
 class LoggingConfig(Section):
@@ -231,6 +358,9 @@ class Config(Section):
             bad = [v for v in sch.values or [] if v > steps]
             if bad:
                 raise ValueError(f"schedule.values={bad} exceed sampling.num_steps={steps}")
+        elif sch.kind == "window":
+            if sch.width > steps:
+                raise ValueError(f"schedule.width={sch.width} exceeds sampling.num_steps={steps}")
         elif sch.end > steps:
             raise ValueError(f"schedule.end={sch.end} exceeds sampling.num_steps={steps}")
         elif sch.kind == "constant" and sch.start > steps:

@@ -63,12 +63,22 @@ class Cluster:
         self.cfg = cfg
         rt = cfg.runtime
         self._check_resources()
-        bundles = (
-            [self._bundle(rt.rollout_cpus, rt.rollout_gpus)] * rt.rollout_actors
-            + [self._bundle(rt.reward_cpus, rt.reward_gpus)] * rt.reward_actors
-            + [self._bundle(rt.learner_cpus, rt.learner_gpus)] * rt.learner_workers
+        # bundle i: rollout actor i (and, colocated, learner rank i); then the reward actors;
+        # then, separate, the learner ranks
+        colocated = rt.placement == "colocated"
+        rollout = (
+            self._bundle(rt.rollout_cpus + rt.learner_cpus, rt.rollout_gpus + rt.learner_gpus)
+            if colocated
+            else self._bundle(rt.rollout_cpus, rt.rollout_gpus)
         )
-        self.pg = placement_group(bundles, strategy="PACK")
+        bundles = [rollout] * rt.rollout_actors + [
+            self._bundle(rt.reward_cpus, rt.reward_gpus)
+        ] * rt.reward_actors
+        if not colocated:
+            bundles += [self._bundle(rt.learner_cpus, rt.learner_gpus)] * rt.learner_workers
+        # colocated bundles are spread over the nodes so that every node's GPUs sample and
+        # train; separate ones are packed onto as few nodes as possible
+        self.pg = placement_group(bundles, strategy="SPREAD" if colocated else "PACK")
         try:
             ray.get(self.pg.ready(), timeout=120)
         except GetTimeoutError:
@@ -104,8 +114,8 @@ class Cluster:
             .remote(cfg, i)
             for i in range(rt.reward_actors)
         ]
-        # the learner ranks, one bundle each, after the rollout and reward actors' bundles
-        self.learner = LearnerGroup(cfg, self.pg, rt.rollout_actors + rt.reward_actors)
+        first = 0 if colocated else rt.rollout_actors + rt.reward_actors
+        self.learner = LearnerGroup(cfg, self.pg, first)
         # surface construction errors (bad model, bad reward checkpoint) now, once
         try:
             ray.get([a.ping.remote() for a in self.rollouts])
@@ -126,7 +136,7 @@ class Cluster:
             + rt.reward_actors * rt.reward_gpus
             + rt.learner_workers * rt.learner_gpus
         )
-        if rt.learner_workers > 1 and 0 < rt.learner_gpus < 1:
+        if rt.learner_workers > 1 and 0 < rt.learner_gpus < 1 and rt.placement == "separate":
             raise RuntimeSetupError(
                 f"runtime: learner_workers={rt.learner_workers} with learner_gpus="
                 f"{rt.learner_gpus:g}: NCCL needs a whole GPU for each learner rank"

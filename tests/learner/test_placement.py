@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import ray
 
@@ -71,3 +73,47 @@ def test_more_gpus_than_the_cluster_has_is_refused(eight_gpus, tiny_pipeline_dir
     cfg = _cfg(tiny_pipeline_dir, rollout_actors=8, rollout_gpus=1, learner_gpus=1)
     with pytest.raises(RuntimeSetupError, match="request 9 GPUs .* the Ray cluster has 8"):
         Cluster(cfg)
+
+
+def test_colocated_pairs_each_rollout_actor_with_a_learner_rank_on_one_gpu(
+    eight_gpus, tiny_pipeline_dir
+):
+    cfg = _cfg(
+        tiny_pipeline_dir,
+        placement="colocated",
+        rollout_actors=2,
+        learner_workers=2,
+        rollout_gpus=0.5,
+        learner_gpus=0.5,
+        rollout_cpus=1,
+        learner_cpus=1,
+        learner_threads=1,
+        reward_actors=1,
+        reward_gpus=0.5,
+        reward_cpus=1,
+    )
+    cluster = Cluster(cfg)
+    try:
+        rollout = [_gpu_ids(a) for a in cluster.rollouts]
+        learner = [_gpu_ids(a) for a in cluster.learner.ranks]
+        reward = [_gpu_ids(a) for a in cluster.rewards]
+    finally:
+        cluster.shutdown()
+    assert rollout == learner  # rank i samples and trains on the same GPU
+    assert len({ids[0] for ids in rollout}) == 2  # every pair on a GPU of its own
+    assert {ids[0] for ids in reward}.isdisjoint({ids[0] for ids in rollout})
+
+
+@pytest.mark.parametrize(
+    ("runtime", "needle"),
+    [
+        ({"rollout_actors": 2, "learner_workers": 1}, "rollout_actors=2 must equal"),
+        (
+            {"rollout_actors": 2, "learner_workers": 2, "rollout_gpus": 0.5, "learner_gpus": 0.25},
+            re.escape("rollout_gpus + learner_gpus = 0.75"),
+        ),
+    ],
+)
+def test_colocated_needs_pairs_on_whole_gpus(tiny_pipeline_dir, runtime, needle):
+    with pytest.raises(ValueError, match=needle):
+        _cfg(tiny_pipeline_dir, placement="colocated", **runtime)

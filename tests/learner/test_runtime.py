@@ -182,6 +182,28 @@ def test_one_rollout_actor_gives_the_same_run(reference_run, tiny_pipeline_dir, 
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
+def test_colocated_and_separate_placements_give_the_same_run(
+    ray_local, tiny_pipeline_dir, tmp_path
+):
+    """Two learner ranks, each on its own bundle or sharing rollout actor i's."""
+    loras = {}
+    for placement in ("separate", "colocated"):
+        runtime = {
+            "rollout_actors": 2,
+            "reward_actors": 1,
+            "learner_workers": 2,
+            "learner_cpus": 0.5,
+            "learner_threads": 1,
+            "placement": placement,
+        }
+        cfg = _cfg(tiny_pipeline_dir, tmp_path, run_name=placement, stages=2, runtime=runtime)
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": False})})
+        cfg, run_dir, resuming = prepare(cfg, None, [], False)
+        assert execute(cfg, run_dir, resuming)["stages_completed"] == 2
+        loras[placement] = _lora(run_dir)
+    assert _max_diff(loras["separate"], loras["colocated"]) <= 1e-6
+
+
 @pytest.mark.parametrize(
     "seed", [0, pytest.param(1, marks=pytest.mark.slow), pytest.param(2, marks=pytest.mark.slow)]
 )
