@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -24,6 +25,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.rollout import RolloutWorker, StaleWeightsError
 from configs.schema import Config
+from learner import checkpoint
 from learner.advantages import within_trunk_share
 from learner.learner_group import LearnerGroup
 from learner.stage import check_rewards, sampler_settings, stage_prompts
@@ -114,8 +116,8 @@ class Cluster:
             .remote(cfg, i)
             for i in range(rt.reward_actors)
         ]
-        first = 0 if colocated else rt.rollout_actors + rt.reward_actors
-        self.learner = LearnerGroup(cfg, self.pg, first)
+        self._learner_bundle = 0 if colocated else rt.rollout_actors + rt.reward_actors
+        self.learner = LearnerGroup(cfg, self.pg, self._learner_bundle)
         # surface construction errors (bad model, bad reward checkpoint) now, once
         try:
             ray.get([a.ping.remote() for a in self.rollouts])
@@ -146,6 +148,15 @@ class Cluster:
                 f"runtime: the actors request {need_gpu:g} GPUs (rollout_gpus, reward_gpus, "
                 f"learner_gpus x learner_workers) but the Ray cluster has {have.get('GPU', 0.0):g}"
             )
+
+    def rebuild_learner(self, last: Path | None) -> None:
+        """A new learner group on the same bundles (Ray moves a lost node's bundles to a
+        node with room), holding the state of checkpoint `last` (None: the initial one)."""
+        self.learner.kill()
+        self.learner = LearnerGroup(self.cfg, self.pg, self._learner_bundle)
+        self.learner.connect()
+        if last is not None:
+            self.learner.restore(checkpoint.load(last), str(last))
 
     def shutdown(self) -> None:
         for a in [*self.rollouts, *self.rewards]:
@@ -399,7 +410,9 @@ class StageRunner:
                         (c, self.cluster.rollouts[owner[c]].take.remote(stage, c, rows.tolist()))
                     )
             try:
-                return self.cluster.learner.update(stage, adv, sel, *[r for _, r in refs])
+                return self.cluster.learner.update(
+                    stage, adv, sel, *[r for _, r in refs], on_submit=self._learner_submitted(stage)
+                )
             except (RayActorError, RayTaskError) as exc:
                 lost = self._lost_chunks(refs, owner, stage)
                 if not lost:
@@ -411,6 +424,11 @@ class StageRunner:
                 )
                 owner.update(self._resample(stage, settings, prompts, chunks, lost))
         raise RuntimeError(f"stage {stage}: could not gather the selected trajectories")
+
+    def _learner_submitted(self, stage: int) -> Callable[[list], None] | None:
+        if self.on_submit is None:
+            return None
+        return lambda ranks: self.on_submit("learner", stage, 0, ranks)
 
     def _lost_chunks(self, refs: list, owner: dict[int, int], stage: int) -> list[int]:
         """Chunks whose trajectories are gone: their actor died (or restarted and so forgot

@@ -11,8 +11,12 @@ rank updates and restores.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 import numpy as np
 import ray
+from ray.exceptions import ActorDiedError, RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from configs.schema import Config
@@ -26,6 +30,11 @@ from learner.worker import LearnerWorker
 
 class LearnerDivergedError(RuntimeError):
     """Learner ranks whose LoRA or optimizer state differ; str() is one line."""
+
+
+class LearnerLost(RuntimeError):
+    """A learner rank died; the group's other ranks have been ended too (a collective
+    cannot go on without it). The driver rebuilds the group from the last checkpoint."""
 
 
 class LearnerShell(LearnerWorker):
@@ -45,6 +54,11 @@ class LearnerShell(LearnerWorker):
         """Bytes this rank all-reduced so far, by kind, and its gradient all-reduces."""
         g = self.trainer.group
         return {**getattr(g, "bytes", {}), "grad_reductions": getattr(g, "grad_reductions", 0)}
+
+    def cpu_seconds(self) -> float:
+        """CPU time this rank's process has used (all its threads): its share of the work,
+        whatever else the machine runs."""
+        return time.process_time()
 
 
 class LearnerGroup:
@@ -87,14 +101,29 @@ class LearnerGroup:
     def lead(self):
         return self.ranks[0]
 
+    def _get(self, refs: list[ray.ObjectRef]) -> list:
+        """The ranks' results. A dead rank ends the group at once: its peers may be waiting
+        in a collective for it, so they are killed rather than waited for."""
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                ray.get(done[0])
+            except (RayActorError, ActorDiedError) as exc:
+                rank = refs.index(done[0])
+                self.kill()
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise LearnerLost(f"learner rank {rank} died ({first})") from None
+        return ray.get(refs)
+
     def publish(self) -> tuple[int, ray.ObjectRef]:
-        version, (ref,) = ray.get(self.lead.publish.remote())
+        ((version, (ref,)),) = self._get([self.lead.publish.remote()])
         return version, ref
 
     def select(
         self, prompts: list[str], trunk_ids: np.ndarray, rewards: np.ndarray
     ) -> tuple[np.ndarray, Selection]:
-        return ray.get(self.lead.select.remote(prompts, trunk_ids, rewards))
+        return self._get([self.lead.select.remote(prompts, trunk_ids, rewards)])[0]
 
     def update(
         self,
@@ -102,11 +131,15 @@ class LearnerGroup:
         advantages: np.ndarray,
         selection: Selection,
         *parts: ray.ObjectRef | TrajectoryBatch,
+        on_submit: Callable[[list], None] | None = None,
     ) -> UpdateStats:
         """Every rank gets every selected trajectory (its shard changes with each epoch's
         shuffle) and returns the same stats; rank 0's are returned."""
         adv, sel = ray.put(advantages), ray.put(selection)
-        return ray.get([a.update.remote(stage, adv, sel, *parts) for a in self.ranks])[0]
+        refs = [a.update.remote(stage, adv, sel, *parts) for a in self.ranks]
+        if on_submit is not None:
+            on_submit(self.ranks)
+        return self._get(refs)[0]
 
     def state(self, stage: int, split_step: int) -> LearnerState:
         """Rank 0's state. With the gradients all-reduced every rank takes the same AdamW
@@ -114,23 +147,26 @@ class LearnerGroup:
         checkpoint, by comparing the ranks' digests."""
         state = self.lead.state.remote(stage, split_step)
         if len(self.ranks) > 1:
-            prints = ray.get([a.fingerprint.remote() for a in self.ranks])
+            prints = self._get([a.fingerprint.remote() for a in self.ranks])
             if len(set(prints)) > 1:
                 raise LearnerDivergedError(
                     f"learner ranks hold different LoRA / optimizer states at stage {stage} "
                     f"(digests {[p[:12] for p in prints]}); refusing to checkpoint rank 0 alone"
                 )
-        return ray.get(state)
+        return self._get([state])[0]
 
     def restore(self, state: LearnerState, source: str) -> int:
         ref = ray.put(state)
-        return ray.get([a.restore.remote(ref, source) for a in self.ranks])[0]
+        return self._get([a.restore.remote(ref, source) for a in self.ranks])[0]
 
     def weights(self) -> dict:
-        return ray.get(self.lead.weights.remote())
+        return self._get([self.lead.weights.remote()])[0]
 
     def comm_bytes(self) -> list[dict[str, int]]:
         return ray.get([a.comm_bytes.remote() for a in self.ranks])
+
+    def cpu_seconds(self) -> list[float]:
+        return ray.get([a.cpu_seconds.remote() for a in self.ranks])
 
     def kill(self) -> None:
         for a in self.ranks:

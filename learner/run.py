@@ -18,6 +18,7 @@ from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint
 from learner.driver import Cluster, StageRunner
+from learner.learner_group import LearnerLost
 from learner.outputs import Outputs, resolve_outputs, run_tracking_uri
 from learner.progress import Progress
 from learner.prompts import load_prompts
@@ -187,7 +188,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             grid = cfg.logging.grid_every > 0 and (
                 stage % cfg.logging.grid_every == 0 or stage == cfg.stages - 1
             )
-            out = runner.run(stage, grid)
+            out, state_now = _run_stage(cfg, cluster, runner, run_dir, stage, grid)
             t1 = time.perf_counter()
             metrics = out.metrics
             if out.grid_images is not None:
@@ -195,7 +196,6 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
                     out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
                 )
                 tracker.artifact(path, "grids")
-            state_now = cluster.learner.state(stage, int(metrics["split_step"]))
             checkpoint.save(run_dir, state_now)
             metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
             metrics["seconds_stage"] = time.perf_counter() - t0
@@ -236,6 +236,31 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run_dir / "summary.json")
     return summary
+
+
+def _run_stage(cfg, cluster, runner, run_dir, stage, grid):
+    """One stage and the learner state it ends in. A learner rank lost on the way (its node
+    gone, its process killed) costs a rebuilt learner group, restored from the last
+    checkpoint, and the stage run again: its samples depend only on the seeds, so the run
+    ends as if nothing had happened."""
+    for attempt in range(cfg.runtime.max_restarts + 1):
+        try:
+            out = runner.run(stage, grid)
+            out.metrics["learner_rebuilds"] = float(attempt)
+            return out, cluster.learner.state(stage, int(out.metrics["split_step"]))
+        except LearnerLost as exc:
+            if attempt == cfg.runtime.max_restarts:
+                raise LearnerLost(
+                    f"{exc}; gave up after {attempt} rebuilds (runtime.max_restarts)"
+                ) from None
+            last = checkpoint.latest(run_dir)
+            print(
+                f"  stage {stage + 1}: {exc}; rebuilding the learner from "
+                f"{last or 'its initial state'} and running the stage again",
+                flush=True,
+            )
+            cluster.rebuild_learner(last)
+    raise AssertionError("unreachable")
 
 
 def _tracking_uri() -> str:

@@ -182,26 +182,61 @@ def test_one_rollout_actor_gives_the_same_run(reference_run, tiny_pipeline_dir, 
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
+TWO_RANKS = {
+    "rollout_actors": 2,
+    "reward_actors": 1,
+    "learner_workers": 2,
+    "learner_cpus": 0.5,
+    "learner_threads": 1,
+}
+
+
+def _two_rank_run(tiny_pipeline_dir, tmp_path, name, on_submit=None, **runtime):
+    cfg = _cfg(tiny_pipeline_dir, tmp_path, run_name=name, runtime={**TWO_RANKS, **runtime})
+    cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": False})})
+    cfg, run_dir, resuming = prepare(cfg, None, [], False)
+    assert execute(cfg, run_dir, resuming, on_submit=on_submit)["stages_completed"] == 3
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(ray_local, tiny_pipeline_dir, tmp_path_factory):
+    """An undisturbed run with two learner ranks, each on a bundle of its own."""
+    return _two_rank_run(tiny_pipeline_dir, tmp_path_factory.mktemp("two"), "separate")
+
+
 def test_colocated_and_separate_placements_give_the_same_run(
-    ray_local, tiny_pipeline_dir, tmp_path
+    two_rank_run, tiny_pipeline_dir, tmp_path
 ):
     """Two learner ranks, each on its own bundle or sharing rollout actor i's."""
-    loras = {}
-    for placement in ("separate", "colocated"):
-        runtime = {
-            "rollout_actors": 2,
-            "reward_actors": 1,
-            "learner_workers": 2,
-            "learner_cpus": 0.5,
-            "learner_threads": 1,
-            "placement": placement,
-        }
-        cfg = _cfg(tiny_pipeline_dir, tmp_path, run_name=placement, stages=2, runtime=runtime)
-        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": False})})
-        cfg, run_dir, resuming = prepare(cfg, None, [], False)
-        assert execute(cfg, run_dir, resuming)["stages_completed"] == 2
-        loras[placement] = _lora(run_dir)
-    assert _max_diff(loras["separate"], loras["colocated"]) <= 1e-6
+    run_dir = _two_rank_run(tiny_pipeline_dir, tmp_path, "colocated", placement="colocated")
+    assert _max_diff(_lora(two_rank_run), _lora(run_dir)) <= 1e-6
+
+
+def test_a_learner_rank_killed_mid_update_costs_a_rebuild_not_the_run(
+    two_rank_run, tiny_pipeline_dir, tmp_path
+):
+    """Rank 1 dies while stage 2's update runs: the group is rebuilt from stage 1's
+    checkpoint, the stage runs again, and the run ends as the undisturbed one."""
+    import threading
+
+    killed, timers = [], []
+
+    def kill_rank_one(kind, stage, chunk, ranks):
+        if kind == "learner" and stage == 1 and not killed:
+            killed.append(stage)
+            timer = threading.Timer(0.05, ray.kill, args=(ranks[1],))
+            timers.append(timer)
+            timer.start()
+
+    run_dir = _two_rank_run(tiny_pipeline_dir, tmp_path, "killed", on_submit=kill_rank_one)
+    for timer in timers:
+        timer.join()
+    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert killed and [g["learner_rebuilds"] for g in got] == [0.0, 1.0, 0.0]
+    ref = [json.loads(x) for x in (two_rank_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]
+    assert _max_diff(_lora(two_rank_run), _lora(run_dir)) <= 1e-6
 
 
 @pytest.mark.parametrize(
