@@ -17,12 +17,14 @@ from configs.load import dump_config, load_config
 from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint
+from learner.advantages import convert_prompt_memory
 from learner.driver import Cluster, StageRunner
 from learner.learner_group import LearnerLost
 from learner.outputs import Outputs, resolve_outputs, run_tracking_uri
 from learner.progress import Progress
 from learner.prompts import load_prompts
 from learner.schedule import split_step
+from learner.stage import stage_rows
 from learner.tracking import Tracker
 from learner.training_grid import save_training_grid
 
@@ -127,6 +129,15 @@ def execute(
         if last is not None:
             state = checkpoint.load(last)
             start_stage = state.stage + 1
+            train = load_prompts(cfg.prompts.train, "prompts.train")
+            # B²'s memory in the per-prompt form: per-stage (exact for this run's sampling)
+            state.advantages = convert_prompt_memory(
+                state.advantages,
+                state.stage,
+                cfg.advantage.history,
+                lambda i: stage_rows(cfg, train, i),
+                str(last),
+            )
     started = connect(cfg)
     try:
         return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs)

@@ -44,6 +44,12 @@ def stage_prompts(prompts: list[str], trunks: int, seed: int, stage: int) -> lis
     return pool[:trunks]
 
 
+def stage_rows(cfg: Config, prompts: list[str], stage: int) -> list[str]:
+    """The prompt of every row (trunk x branch) of a stage, in the order its rewards arrive."""
+    trunks = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
+    return [p for p in trunks for _ in range(cfg.sampling.branches)]
+
+
 class NonFiniteReward(ValueError):
     """A scorer returned NaN or infinity; the run stops rather than train on it."""
 
@@ -97,7 +103,7 @@ def train_on(
     rewards: np.ndarray,
 ) -> tuple[np.ndarray, Selection, UpdateStats]:
     """Normalise, select, update: the learner's half of a stage."""
-    adv = advantages(batch.prompts, batch.trunk_ids.numpy(), rewards)
+    adv = advantages(batch.prompts, batch.trunk_ids.numpy(), rewards, stage)
     sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
     stats = trainer.update(batch, adv, sel, stage)
     return adv, sel, stats

@@ -42,14 +42,14 @@ def test_history_window_pools_last_h_stages():
     adv = Advantages(AdvantageConfig(mode="prompt_history", history=2))
     trunks = np.array([0, 0])
     a0 = adv(["p", "p"], trunks, np.array([0.0, 2.0]))
-    assert np.allclose(a0, [-1.0, 1.0])
+    assert np.allclose(a0, [-(0.5**0.5), 0.5**0.5])  # unbiased std of [0, 2]: sqrt(2)
     adv(["p", "p"], trunks, np.array([10.0, 10.0]))  # pool now [0, 2, 10, 10]
     a2 = adv(["p", "p"], trunks, np.array([4.0, 4.0]))
     pool = np.array([4, 4, 0, 2, 10, 10.0])
-    assert np.allclose(a2, (4 - pool.mean()) / (pool.std() + 1e-8))
+    assert np.allclose(a2, (4 - pool.mean()) / (pool.std(ddof=1) + 1e-8))
     a3 = adv(["p", "p"], trunks, np.array([4.0, 4.0]))  # stage 0 has left the window
     pool = np.array([4, 4, 10, 10, 4, 4.0])
-    assert np.allclose(a3, (4 - pool.mean()) / (pool.std() + 1e-8))
+    assert np.allclose(a3, (4 - pool.mean()) / (pool.std(ddof=1) + 1e-8))
     # prompts are normalised separately
     mixed = adv(["p", "q"], np.array([0, 1]), np.array([4.0, 100.0]))
     assert mixed[1] == 0.0
