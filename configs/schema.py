@@ -206,7 +206,7 @@ class TrainConfig(Section):
         gt=0.0,
         description="Largest |ratio - 1| of the recomputed to the sampled log-probs before a "
         "stage's first optimizer step that passes without a warning. None: 1e-4 when the "
-        "UNet computes in float32, 1e-2 in half precision.",
+        "UNet computes in float32, 1e-3 in half precision.",
     )
     target_kl: float | None = Field(
         None,

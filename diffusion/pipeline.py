@@ -8,6 +8,7 @@ Diffusion go through exactly this code.
 from __future__ import annotations
 
 import os
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from configs.load import resolve_path
 from configs.schema import ModelConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PipelineLoadError(RuntimeError):
@@ -109,6 +111,12 @@ class DiffusionModel:
     scheduler: DDIMScheduler
     device: torch.device
     dtype: torch.dtype
+    autocast: torch.dtype | None = None  # what the UNet computes in under torch.autocast
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The precision of the UNet's arithmetic: the autocast type, else the weights'."""
+        return self.autocast or self.dtype
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -152,6 +160,23 @@ def set_tf32(device: torch.device, allow: bool) -> None:
         torch.backends.cudnn.allow_tf32 = allow
 
 
+def set_autocast(unet: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> None:
+    """Run every forward of `unet` under `torch.autocast(device, dtype)` (None: plain).
+
+    On the module, not around call sites, so that the sampler, the learner's recomputation
+    and evaluation compute the policy with the same arithmetic (PPO's ratio is 1 at
+    unchanged weights only then). Bound as a method, so that a deep copy runs its own copy."""
+    unet.__dict__.pop("forward", None)
+    if dtype is None:
+        return
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(device.type, dtype=dtype):
+            return type(self).forward(self, *args, **kwargs)
+
+    unet.forward = types.MethodType(forward, unet)
+
+
 def load_model(cfg: ModelConfig, device: torch.device | None = None) -> DiffusionModel:
     """Load the pipeline named by the config, on `device` (default: model.device)."""
     device = device or pick_device(cfg.device)
@@ -165,17 +190,21 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
             f"model.pretrained = {cfg.pretrained!r}: not a text-to-image pipeline "
             f"(missing {', '.join(missing)})"
         )
-    return from_pipeline(pipe, device, DTYPES[cfg.dtype])
+    return from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
 
 
 def from_pipeline(
-    pipe: DiffusionPipeline, device: torch.device, dtype: torch.dtype
+    pipe: DiffusionPipeline,
+    device: torch.device,
+    dtype: torch.dtype,
+    autocast: torch.dtype | None = None,
 ) -> DiffusionModel:
     scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.to(device)
         module.requires_grad_(False)
         module.eval()
+    set_autocast(pipe.unet, device, autocast)
     return DiffusionModel(
         unet=pipe.unet,
         vae=pipe.vae,
@@ -184,6 +213,7 @@ def from_pipeline(
         scheduler=scheduler,
         device=device,
         dtype=dtype,
+        autocast=autocast,
     )
 
 

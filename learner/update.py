@@ -2,10 +2,15 @@
 
 Training units are selected trajectories (PPO) or (best, worst) pairs of one trunk
 (pairwise). Each epoch shuffles the units and, per unit, the order of its interval steps;
-a micro-batch of units is pushed through one shuffled step at a time, and the gradient of
-all its steps (and `grad_accum` micro-batches) is summed before one optimizer step.
+a batch of units is pushed through one shuffled step at a time, and the gradient of all
+its steps (and `grad_accum` batches) is summed before one optimizer step.
 With N data-parallel ranks (`learner.distributed`) each rank takes its shard of every
-micro-batch and the gradients are all-reduced before the step: the same update as one rank.
+batch and the gradients are all-reduced before the step: the same update as one rank.
+Memory options change how, not what: `train.micro_batch` cuts a rank's shard into pieces
+whose gradients add up to the shard's, `train.gradient_checkpointing` recomputes the UNet's
+activations in the backward pass, and `model.autocast` (`diffusion.pipeline.set_autocast`)
+runs the UNet in half precision, with torch's GradScaler for fp16; the LoRA and its
+optimizer state stay float32.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_s
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed, guided_noise
 from diffusion.trajectory import TrajectoryBatch
-from learner import losses
+from learner import losses, onpolicy
 from learner.distributed import Collective, mean_share, shard
 from learner.selection import Selection
 
@@ -40,6 +45,11 @@ class UpdateStats:
     samples: int = 0
     kl_stopped: int = 0  # 1 when train.target_kl ended the update early
     kl_base: float = 0.0  # mean KL from the pretrained model per trained transition (kl_coef > 0)
+    # |ratio - 1| of the terms before the first optimizer step (learner.onpolicy)
+    onpolicy_ratio_dev_max: float = 0.0
+    onpolicy_ratio_dev_mean: float = 0.0
+    onpolicy_transitions: int = 0
+    onpolicy_exceeded: int = 0  # 1 when the max is above train.onpolicy_tolerance
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -62,6 +72,9 @@ class PolicyTrainer:
         self.optimizer = torch.optim.AdamW(
             self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay
         )
+        # fp16 gradients underflow without loss scaling; bf16 has float32's range
+        fp16 = model.autocast == torch.float16
+        self.scaler = torch.amp.GradScaler(model.device.type) if fp16 else None
 
     # -- weights -------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -138,7 +151,7 @@ class PolicyTrainer:
         4x64x64 latents: 0.7 GB)."""
         rows_t = torch.as_tensor(rows)
         out = torch.empty((len(rows), batch.interval, *batch.chain.shape[2:]))
-        bs = self.cfg.train.batch_size
+        bs = self._micro_batch()
         for lo in range(0, len(rows), bs):
             sub = rows_t[lo : lo + bs]
             cond = torch.stack([emb[batch.prompts[r]] for r in sub.tolist()])
@@ -147,6 +160,17 @@ class PolicyTrainer:
                 t = batch.timesteps[torch.full_like(sub, j)]
                 out[lo : lo + len(sub), j] = self._base_mean(x, t, cond, uncond).cpu()
         return out
+
+    def _micro_batch(self) -> int:
+        return self.cfg.train.micro_batch or self.cfg.train.batch_size
+
+    def _set_checkpointing(self) -> None:
+        unet = self.model.unet
+        if self.cfg.train.gradient_checkpointing != unet.is_gradient_checkpointing:
+            if self.cfg.train.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
 
     def _step_index(self, timesteps: torch.Tensor) -> list[int]:
         index = {int(t): i for i, t in enumerate(self.model.scheduler.timesteps.tolist())}
@@ -176,7 +200,7 @@ class PolicyTrainer:
         self.model.scheduler.set_timesteps(self.cfg.sampling.num_steps, device="cpu")
         emb, uncond = self._embeddings(batch)
         out = torch.zeros(len(batch), batch.interval)
-        bs = self.cfg.train.batch_size
+        bs = self._micro_batch()
         for lo in range(0, len(batch), bs):
             rows = torch.arange(lo, min(lo + bs, len(batch)))
             cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
@@ -198,13 +222,14 @@ class PolicyTrainer:
     ) -> UpdateStats:
         """One stage's optimisation over the selected samples of `batch`. Every rank of
         `self.group` gets the whole batch and selection and trains its shard of each
-        micro-batch; all ranks return the same stats and hold the same LoRA afterwards."""
+        batch; all ranks return the same stats and hold the same LoRA afterwards."""
         cfg, group = self.cfg, self.group
         pairwise = cfg.loss.name == "pairwise"
         units = selection.pairs if pairwise else selection.index.reshape(-1, 1)
         stats = UpdateStats(samples=int(units.size))
         if len(units) == 0:
             return stats
+        self._set_checkpointing()
         self.model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
         emb, uncond = self._embeddings(batch)
         adv_all = torch.as_tensor(advantages, dtype=torch.float32)
@@ -219,60 +244,67 @@ class PolicyTrainer:
             kl_rows = np.unique(units)
             kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
             base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
+
+        def term(unit_rows: torch.Tensor, steps: torch.Tensor):
+            """Loss, diagnostics, (new, old) log-probs and KLs of one step of some units."""
+            terms, kls = [], []
+            for col in range(unit_rows.shape[1]):
+                rows = unit_rows[:, col]
+                cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
+                base = base_means[[kl_pos[r] for r in rows.tolist()], steps] if with_kl else None
+                new, kl = self._forward(batch, rows, steps, cond, uncond, with_kl, base)
+                old = batch.log_probs[rows, steps].to(new.device)
+                terms.append((new, old, rows))
+                kls.append(kl)
+            w = step_w[steps].to(terms[0][0].device)
+            if pairwise:
+                (nw, ow, _), (nl, ol, _) = terms
+                loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss, w)
+            else:
+                new, old, rows = terms[0]
+                loss, diag = losses.ppo_clip(new, old, adv_all[rows].to(new.device), cfg.loss, w)
+            return loss, diag, terms, kls
+
         bs, accum = cfg.train.batch_size, cfg.train.grad_accum
         sums = dict.fromkeys(("loss", "approx_kl", "clip_fraction", "ratio_mean"), 0.0)
         n_terms, grad_norms = 0, []
         ratio_min, ratio_max = float("inf"), float("-inf")
         target_kl = cfg.train.target_kl
         step_kl, step_terms = 0.0, 0  # approx. KL of the terms since the last optimizer step
+        check = onpolicy.RatioCheck()
         for epoch in range(cfg.train.epochs):
             if stats.kl_stopped:
                 break
             order, step_plan = self._plan(len(units), s, stage, epoch)
             batches = [order[i : i + bs] for i in range(0, len(order), bs)]
             for b_idx, unit_idx in enumerate(batches):
-                # this rank's shard of the micro-batch, its loss scaled to the global mean
+                # this rank's shard of the batch in micro-batches, each one's loss scaled to
+                # its part of the batch's mean
                 mine = unit_idx[shard(unit_cost[unit_idx], group.size)[group.rank]]
-                share = mean_share(len(mine), len(unit_idx))
-                unit_rows = torch.as_tensor(units[mine])  # [b, 1 or 2]
-                plan = torch.as_tensor(step_plan[mine])  # [b, s]
-                for j in range(s if len(mine) else 0):
-                    steps = plan[:, j]
-                    terms, kls = [], []
-                    for col in range(unit_rows.shape[1]):
-                        rows = unit_rows[:, col]
-                        cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
-                        base = (
-                            base_means[[kl_pos[r] for r in rows.tolist()], steps]
-                            if with_kl
-                            else None
-                        )
-                        new, kl = self._forward(batch, rows, steps, cond, uncond, with_kl, base)
-                        old = batch.log_probs[rows, steps].to(new.device)
-                        terms.append((new, old, rows))
-                        kls.append(kl)
-                    w = step_w[steps].to(terms[0][0].device)
-                    if pairwise:
-                        (nw, ow, _), (nl, ol, _) = terms
-                        loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss, w)
-                    else:
-                        new, old, rows = terms[0]
-                        loss, diag = losses.ppo_clip(
-                            new, old, adv_all[rows].to(new.device), cfg.loss, w
-                        )
-                    if with_kl:
-                        kl_all = torch.cat(kls)  # the columns share `steps`
-                        on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
-                        loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()
-                        kl_sum += float(kl_all.detach().mean()) * share  # logged over every step
-                    loss = loss * share
-                    (loss / (s * accum)).backward()
-                    sums["loss"] += float(loss.detach())
-                    for k in ("approx_kl", "clip_fraction", "ratio_mean"):
-                        sums[k] += float(diag[k]) * share
-                    ratio_min = min(ratio_min, float(diag["ratio_min"]))
-                    ratio_max = max(ratio_max, float(diag["ratio_max"]))
-                    step_kl += float(diag["approx_kl"]) * share
+                for piece in self._pieces(mine):
+                    share = mean_share(len(piece), len(unit_idx))
+                    unit_rows = torch.as_tensor(units[piece])  # [b, 1 or 2]
+                    plan = torch.as_tensor(step_plan[piece])  # [b, s]
+                    for j in range(s):
+                        steps = plan[:, j]
+                        loss, diag, terms, kls = term(unit_rows, steps)
+                        if stats.optimizer_steps == 0:  # the weights that sampled the batch
+                            for new, old, _ in terms:
+                                check.add(new, old)
+                        if with_kl:
+                            kl_all = torch.cat(kls)  # the columns share `steps`
+                            on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
+                            loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()
+                            kl_sum += float(kl_all.detach().mean()) * share  # over every step
+                        loss = loss * share
+                        scaled = loss / (s * accum)
+                        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+                        sums["loss"] += float(loss.detach())
+                        for k in ("approx_kl", "clip_fraction", "ratio_mean"):
+                            sums[k] += float(diag[k]) * share
+                        ratio_min = min(ratio_min, float(diag["ratio_min"]))
+                        ratio_max = max(ratio_max, float(diag["ratio_max"]))
+                        step_kl += float(diag["approx_kl"]) * share
                 n_terms += s
                 step_terms += s
                 if (b_idx + 1) % accum == 0 or b_idx == len(batches) - 1:
@@ -285,13 +317,8 @@ class PolicyTrainer:
                             stats.kl_stopped = 1
                             break
                     step_kl, step_terms = 0.0, 0
-                    group.sum_grads(self.params)
-                    # the norm of the summed gradient: the same on every rank, so is the clip
-                    norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.train.max_grad_norm)
-                    grad_norms.append(float(norm))
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                    stats.optimizer_steps += 1
+                    if self._optimizer_step(grad_norms):
+                        stats.optimizer_steps += 1
         keys = ("loss", "approx_kl", "clip_fraction", "ratio_mean")
         *totals, kl_sum = group.sum([*(sums[k] for k in keys), kl_sum])
         for k, total in zip(keys, totals, strict=True):
@@ -299,7 +326,35 @@ class PolicyTrainer:
         stats.ratio_min, stats.ratio_max = group.min(ratio_min), group.max(ratio_max)
         stats.grad_norm = float(np.mean(grad_norms)) if grad_norms else 0.0
         stats.kl_base = kl_sum / n_terms
+        for k, v in check.reduce(group, onpolicy.tolerance(cfg)).items():
+            setattr(stats, k, v)
         return stats
+
+    def _pieces(self, mine: np.ndarray) -> list[np.ndarray]:
+        """A rank's shard of a batch as micro-batches of at most train.micro_batch units."""
+        mb = self.cfg.train.micro_batch or max(1, len(mine))
+        return [mine[i : i + mb] for i in range(0, len(mine), mb)]
+
+    def _optimizer_step(self, grad_norms: list[float]) -> bool:
+        """All-reduce, clip and apply the summed gradient; False when fp16 loss scaling
+        found an overflow and skipped the step (the scale is lowered for the next one)."""
+        self.group.sum_grads(self.params)
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        # the norm of the summed gradient: the same on every rank, so is the clip
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        if self.scaler is None:
+            grad_norms.append(float(norm))
+            self.optimizer.step()
+            stepped = True
+        else:
+            self.scaler.step(self.optimizer)  # skips the step on inf / NaN gradients
+            self.scaler.update()
+            stepped = bool(torch.isfinite(norm))
+            if stepped:
+                grad_norms.append(float(norm))
+        self.optimizer.zero_grad(set_to_none=True)
+        return stepped
 
     def _shared_base_means(
         self,
