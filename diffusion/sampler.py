@@ -1,9 +1,10 @@
 """Branch-based sampling: one trunk per prompt sample, K branches after the split point.
 
-For B trunks: denoise B latents from x_T to the split point (T - s steps), copy each into
-K branches, and advance all B*K branches together for the last s steps. Every UNet call
-takes up to `micro_batch` latents, whatever trunk or branch they belong to.
-DDPO is the same sampler with K = 1 and s = T.
+For B trunks: denoise B latents from x_T to the split point (the interval's first step;
+T - s steps for the paper's interval, the last s), copy each into K branches, and advance
+all B*K branches together for the s interval steps, then, for an interval that ends before
+the last step, on to x_0 unrecorded. Every UNet call takes up to `micro_batch` latents,
+whatever trunk or branch they belong to. DDPO is the same sampler with K = 1 and s = T.
 
 All noise (x_T, trunk noise, branch noise) comes from generators seeded by
 (run seed, stage, trunk index[, branch]), drawn on the CPU, so a trunk's samples do not
@@ -25,11 +26,19 @@ from diffusion.trajectory import TrajectoryBatch
 @dataclass(frozen=True)
 class SamplerSettings:
     num_steps: int
-    split_step: int  # s: the interval is the last s steps
+    split_step: int  # s: the number of interval steps
     branches: int
     guidance_scale: float
     eta: float
     micro_batch: int
+    # the step index the interval ends before; None: num_steps (the interval is the last s)
+    interval_end: int | None = None
+
+    @property
+    def interval(self) -> tuple[int, int]:
+        """[start, end) of the denoising step indices (0 = from x_T) that are recorded."""
+        end = self.num_steps if self.interval_end is None else self.interval_end
+        return end - self.split_step, end
 
 
 @dataclass
@@ -119,8 +128,9 @@ def sample_branches(
         raise ValueError("one trunk id per prompt")
     counter = counter if counter is not None else UNetCounter()
     T, s, K = settings.num_steps, settings.split_step, settings.branches
-    if not 1 <= s <= T:
-        raise ValueError(f"split_step {s} must be within 1..{T}")
+    start, end = settings.interval
+    if not (s >= 1 and start >= 0 and end <= T):
+        raise ValueError(f"interval [{start}, {end}) must be a non-empty part of 0..{T}")
     model.scheduler.set_timesteps(T, device="cpu")
     timesteps = model.scheduler.timesteps.long()
     shape = model.latent_shape
@@ -129,22 +139,25 @@ def sample_branches(
 
     x0_noise, trunk_noise, branch_noise = [], [], []
     for tid in trunk_ids:
-        draw = _randn(derive_seed(seed, stage, tid), (1 + (T - s), *shape))
+        draw = _randn(derive_seed(seed, stage, tid), (1 + start, *shape))
         x0_noise.append(draw[0])
         trunk_noise.append(draw[1:])
-        branch_noise.append(
+        branch_noise.append(  # each branch's steps from the split point to x_0
             torch.stack(
-                [_randn(derive_seed(seed, stage, tid, k + 1), (s, *shape)) for k in range(K)]
+                [
+                    _randn(derive_seed(seed, stage, tid, k + 1), (T - start, *shape))
+                    for k in range(K)
+                ]
             )
         )
     latents = torch.stack(x0_noise).to(dev, dtype) * model.scheduler.init_noise_sigma
-    trunk_noise_t = torch.stack(trunk_noise).to(dev, dtype)  # [B, T-s, ...]
-    branch_noise_t = torch.cat(branch_noise).to(dev, dtype)  # [B*K, s, ...]
+    trunk_noise_t = torch.stack(trunk_noise).to(dev, dtype)  # [B, start, ...]
+    branch_noise_t = torch.cat(branch_noise).to(dev, dtype)  # [B*K, T - start, ...]
 
     cond = model.encode_prompts(prompts)
     uncond = model.encode_prompts([""])
 
-    for j in range(T - s):
+    for j in range(start):
         latents, _ = _advance(
             model, latents, timesteps[j], cond, uncond, trunk_noise_t[:, j], settings, counter
         )
@@ -153,26 +166,27 @@ def sample_branches(
     cond_k = cond.repeat_interleave(K, dim=0)
     chain = [latents]
     log_probs = []
-    for j in range(s):
+    for j in range(T - start):
         latents, lp = _advance(
             model,
             latents,
-            timesteps[T - s + j],
+            timesteps[start + j],
             cond_k,
             uncond,
             branch_noise_t[:, j],
             settings,
             counter,
         )
-        chain.append(latents)
-        log_probs.append(lp)
+        if j < s:  # steps after an interval that ends early only finish the image
+            chain.append(latents)
+            log_probs.append(lp)
 
     images = model.decode(latents, settings.micro_batch)
     return TrajectoryBatch(
         prompts=[p for p in prompts for _ in range(K)],
         trunk_ids=torch.as_tensor(trunk_ids, dtype=torch.long).repeat_interleave(K),
         branch_ids=torch.arange(K).repeat(B),
-        timesteps=timesteps[T - s :].clone(),
+        timesteps=timesteps[start:end].clone(),
         chain=torch.stack(chain, dim=1).cpu(),
         log_probs=torch.stack(log_probs, dim=1).float().cpu(),
         images=images,
@@ -180,8 +194,10 @@ def sample_branches(
 
 
 def expected_evaluations(settings: SamplerSettings, trunks: int) -> int:
-    """UNet evaluations the method costs: per trunk (T - s) + K * s, x2 with CFG."""
-    per_trunk = (settings.num_steps - settings.split_step) + settings.branches * settings.split_step
+    """UNet evaluations the method costs: per trunk start + K * (T - start), x2 with CFG
+    (the paper's interval, the last s steps: (T - s) + K * s)."""
+    start = settings.interval[0]
+    per_trunk = start + settings.branches * (settings.num_steps - start)
     return trunks * per_trunk * (1 if settings.guidance_scale == 1.0 else 2)
 
 
@@ -199,7 +215,7 @@ def sample_images(
     models sampled with the same arguments start from the same noise (paired evaluation)."""
     from tqdm import tqdm
 
-    plain = replace(settings, split_step=settings.num_steps, branches=1)
+    plain = replace(settings, split_step=settings.num_steps, branches=1, interval_end=None)
     step = max(1, plain.micro_batch)
     chunks = []
     for lo in tqdm(range(0, len(prompts), step), desc=desc, disable=not progress, mininterval=2):

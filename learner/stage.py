@@ -17,7 +17,7 @@ from configs.schema import Config
 from diffusion.sampler import SamplerSettings, UNetCounter, derive_seed, sample_branches
 from diffusion.trajectory import TrajectoryBatch
 from learner.advantages import Advantages, within_trunk_share
-from learner.schedule import split_step
+from learner.schedule import interval
 from learner.selection import Selection, select
 from learner.update import PolicyTrainer, UpdateStats
 
@@ -26,13 +26,15 @@ RewardFn = Callable[[torch.Tensor, list[str]], np.ndarray]
 
 def sampler_settings(cfg: Config, stage: int) -> SamplerSettings:
     s = cfg.sampling
+    start, end = interval(cfg.schedule, stage, cfg.stages, s.num_steps)
     return SamplerSettings(
         num_steps=s.num_steps,
-        split_step=split_step(cfg.schedule, stage, cfg.stages, s.num_steps),
+        split_step=end - start,
         branches=s.branches,
         guidance_scale=s.guidance_scale,
         eta=s.eta,
         micro_batch=s.micro_batch,
+        interval_end=None if end == s.num_steps else end,
     )
 
 

@@ -52,7 +52,9 @@ def _full_trajectories(trainer, cfg, prompts: list[str], stage: int):
     """One stage's trunks x K branches with the whole trajectory as the interval (every
     step is a branch step); noise from (seed, stage, trunk), so equal arguments give equal
     noise whatever the parameters."""
-    settings = replace(sampler_settings(cfg, stage), split_step=cfg.sampling.num_steps)
+    settings = replace(
+        sampler_settings(cfg, stage), split_step=cfg.sampling.num_steps, interval_end=None
+    )
     tp = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
     with torch.no_grad():
         return sample_branches(trainer.model, tp, list(range(len(tp))), settings, cfg.seed, stage)
