@@ -16,7 +16,7 @@ import ray
 from configs.load import dump_config, load_config
 from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
-from learner import checkpoint
+from learner import checkpoint, onpolicy
 from learner.advantages import convert_prompt_memory
 from learner.driver import Cluster, StageRunner
 from learner.learner_group import LearnerLost
@@ -194,6 +194,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     try:
         last_stage = cfg.stages - 1 if stop_after is None else min(stop_after, cfg.stages - 1)
         progress = Progress(start_stage, last_stage)
+        onpolicy_warned = False
         for stage in range(start_stage, last_stage + 1):
             t0 = time.perf_counter()
             grid = cfg.logging.grid_every > 0 and (
@@ -224,6 +225,10 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             warning = progress.idle_warning(stage, metrics)
             if warning:
                 print(warning, file=sys.stderr, flush=True)
+            note = None if onpolicy_warned else onpolicy.warning(metrics, cfg)
+            if note:  # once a run: its causes are the run's settings
+                print(note, file=sys.stderr, flush=True)
+                onpolicy_warned = True
         lora_dir = run_dir / "lora"
         final = cluster.learner.weights()
         export_lora(final, cfg.train.lora, lora_dir)
