@@ -17,7 +17,11 @@ runs the project's own code on it:
   3. one `learner.update.PolicyTrainer.update` (LoRA rank 4, PPO-clip) on those trajectories;
   4. the largest micro-batch that fits: training forward + backward, and sampling (a
      guided UNet step plus the VAE decode of that many latents), by doubling then bisecting
-     until `torch.cuda.OutOfMemoryError`.
+     until `torch.cuda.OutOfMemoryError`;
+  5. the update again, from the sampling weights on the same trajectories (as many as the
+     largest train micro-batch, one optimizer step), at the preset's micro-batch, at the
+     largest, and at the largest with gradient checkpointing; then the largest train
+     micro-batch with gradient checkpointing.
 
 Each part checks the time left against --budget-s (default 420 s, counted after the
 imports, so that the whole run stays within 8 minutes on an H100) and is skipped with a note
@@ -30,6 +34,7 @@ with few steps; memory figures are then null.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -55,7 +60,7 @@ from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import DiffusionModel, from_pipeline
 from diffusion.sampler import UNetCounter, expected_evaluations, guided_noise, sample_branches
 from diffusion.trajectory import TrajectoryBatch
-from learner.selection import select
+from learner.selection import Selection, select
 from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
 
@@ -507,11 +512,13 @@ def sample_part(model: DiffusionModel, cfg: Config, budget: Budget) -> tuple[dic
 
 def update_part(
     model: DiffusionModel, cfg: Config, batch: TrajectoryBatch, budget: Budget
-) -> tuple[dict, PolicyTrainer | None]:
+) -> tuple[dict, PolicyTrainer | None, tuple]:
     """One PolicyTrainer.update on the sampled trajectories; advantages spread -1..1 within
-    each trunk so that the best and the worst branch of every trunk are selected."""
+    each trunk so that the best and the worst branch of every trunk are selected. Also
+    returns the trainer's starting LoRA and optimizer state (the sampling policy's)."""
     dev = model.device
     trainer = PolicyTrainer(model, cfg)  # attaches the LoRA to model.unet
+    start = (trainer.weights(), copy.deepcopy(trainer.optimizer.state_dict()))
     K = cfg.sampling.branches
     adv = np.tile(np.linspace(-1.0, 1.0, K), len(batch) // K)
     sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
@@ -540,7 +547,7 @@ def update_part(
         budget.skipped.append(
             f"update: skipped, needs ~{estimate:.0f} s, {max(0.0, budget.left()):.0f} s left"
         )
-        return out, trainer
+        return out, trainer, start
     sync(dev)
     reset_peak(dev)
     t0 = time.perf_counter()
@@ -557,7 +564,80 @@ def update_part(
             "stats": stats.as_dict(),
         }
     )
-    return out, trainer
+    return out, trainer, start
+
+
+def update_variants(
+    trainer: PolicyTrainer,
+    start: tuple,
+    batch: TrajectoryBatch,
+    largest: int | None,
+    seconds_per_step: float,
+    budget: Budget,
+) -> dict:
+    """The update at the preset's micro-batch, at the largest that fits and at the largest
+    with gradient checkpointing: each from the sampling weights (`start`), on the same first
+    n = min(largest, sampled) trajectories in one optimizer step, so their times, peak
+    memory, losses and on-policy ratios compare directly. `seconds_per_step`: the measured
+    seconds of one trajectory-step at the preset's micro-batch (for the time estimates)."""
+    base, dev = trainer.cfg, trainer.model.device
+    n = min(largest or len(batch), len(batch))
+    work = batch.select(torch.arange(n))
+    K = base.sampling.branches
+    adv = np.tile(np.linspace(-1.0, 1.0, K), -(-n // K))[:n]
+    sel = Selection(np.arange(n), int((adv > 0).sum()), int((adv < 0).sum()), np.zeros((0, 2), int))
+    plans = {
+        "preset": (min(base.train.batch_size, n), False),
+        "largest": (n, False),
+        "largest_checkpointing": (n, True),
+    }
+    out: dict = {"trajectories": n, "interval": work.interval, "variants": {}}
+    try:
+        for name, (micro, checkpointing) in plans.items():
+            steps = n * work.interval
+            estimate = 1.5 * steps * seconds_per_step * (1.5 if checkpointing else 1.0) + 5
+            if budget.left() < estimate:
+                budget.skipped.append(f"update {name}: skipped, needs ~{estimate:.0f} s")
+                continue
+            train = {
+                "epochs": 1,
+                "batch_size": n,
+                "grad_accum": 1,
+                "micro_batch": micro,
+                "gradient_checkpointing": checkpointing,
+            }
+            trainer.cfg = base.model_copy(update={"train": base.train.model_copy(update=train)})
+            trainer.load_weights(start[0])
+            trainer.optimizer.load_state_dict(start[1])
+            _free_memory()
+            sync(dev)
+            reset_peak(dev)
+            t0 = time.perf_counter()
+            stats = None
+            try:
+                stats = trainer.update(work.without_images(), adv, sel, stage=0)
+            except torch.cuda.OutOfMemoryError:  # the probe fitted, the update did not
+                out["variants"][name] = {"micro_batch": micro, "error": "OutOfMemoryError"}
+                budget.errors.append(f"update {name}: OutOfMemoryError at micro-batch {micro}")
+            if stats is None:  # after the except block, so the traceback's tensors are gone
+                trainer.optimizer.zero_grad(set_to_none=True)
+                _free_memory()
+                continue
+            sync(dev)
+            sec = time.perf_counter() - t0
+            out["variants"][name] = {
+                "micro_batch": micro,
+                "gradient_checkpointing": checkpointing,
+                "seconds": sec,
+                "trajectory_steps": steps,
+                "trajectory_steps_per_second": steps / sec,
+                "peak_memory_bytes": peak_bytes(dev),
+                "stats": stats.as_dict(),
+            }
+    finally:
+        trainer.cfg = base
+        trainer.model.unet.disable_gradient_checkpointing()
+    return out
 
 
 def save(result: dict, out_dir: Path, complete: bool) -> Path:
@@ -658,13 +738,13 @@ def run(args: argparse.Namespace) -> dict:
             save(result, out_dir, complete=False)
 
     # 3. one update step on the train dtype's trajectories
-    update, trainer = None, None
+    update, trainer, start = None, None, None
     if batch is not None:
         got = budget.run(
             f"update {dtype_name(train_dtype)}", 20, lambda: update_part(model, cfg, batch, budget)
         )
         if got is not None:
-            update, trainer = got
+            update, trainer, start = got
     elif model is not None:
         budget.skipped.append("update: no trajectories (sampling did not run)")
     result["update"] = update
@@ -695,6 +775,34 @@ def run(args: argparse.Namespace) -> dict:
     elif device.type == "cuda":
         budget.skipped.append("largest micro-batch: skipped, no model with LoRA")
     result["max_micro_batch_search"] = search
+    save(result, out_dir, complete=False)
+
+    # 5. the update at the largest micro-batch and with gradient checkpointing
+    variants = None
+    if trainer is not None and update is not None and "seconds" in update:
+        largest = ((search or {}).get("train") or {}).get("value")
+        per_step = update["seconds"] / update["trajectory_steps"]
+        variants = budget.run(
+            "update variants",
+            10,
+            lambda: update_variants(trainer, start, batch, largest, per_step, budget),
+        )
+        result["update_variants"] = variants
+        save(result, out_dir, complete=False)
+    if search is not None and trainer is not None:
+        model.unet.enable_gradient_checkpointing()
+        search["train_checkpointing"] = budget.run(
+            "largest train micro-batch, gradient checkpointing",
+            30,
+            lambda: largest_fitting(
+                lambda n: train_probe(model, trainer.params, n, cfg),
+                256,
+                budget.deadline,
+                start=(search.get("train") or {}).get("value") or 1,
+            ),
+        )
+        model.unet.disable_gradient_checkpointing()
+    result["update_variants"] = variants
 
     # headline numbers
     result["matmul_peak_tflops"] = {k: v["tflops"] for k, v in peaks.items() if v}
@@ -790,6 +898,26 @@ def table(result: dict) -> str:
         )
     else:
         lines.append("update: -")
+    var = (result.get("update_variants") or {}).get("variants") or {}
+    if var:
+        uv = result["update_variants"]
+        lines.append(
+            f"update from the sampling weights, {uv['trajectories']} trajectories x "
+            f"{uv['interval']} steps in one optimizer step:"
+        )
+    for name, v in var.items():
+        if "error" in v:
+            lines.append(f"  {name}: micro-batch {v['micro_batch']}, {v['error']}")
+            continue
+        label = f"micro-batch {v['micro_batch']}" + (
+            ", checkpointing" if v["gradient_checkpointing"] else ""
+        )
+        st = v["stats"]
+        lines.append(
+            f"  {label:<34}{v['trajectory_steps_per_second']:8.4g} trajectory-steps/s, "
+            f"peak {_gib(v['peak_memory_bytes'])} GiB, loss {st['loss']:+.3e}, "
+            f"on-policy max |ratio - 1| {st['onpolicy_ratio_dev_max']:.2e}"
+        )
     mmb = result.get("max_micro_batch")
     if mmb:
         search = result["max_micro_batch_search"]
@@ -801,7 +929,8 @@ def table(result: dict) -> str:
 
         lines.append(
             f"largest micro-batch: train {show('train')} (UNet batch x2), "
-            f"sampling {show('sampling')} (UNet x2 + VAE decode)"
+            f"sampling {show('sampling')} (UNet x2 + VAE decode), "
+            f"train with gradient checkpointing {show('train_checkpointing')}"
         )
     else:
         lines.append("largest micro-batch: - (no CUDA memory limit)")

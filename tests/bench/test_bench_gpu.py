@@ -47,6 +47,18 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     update = out["update"]
     assert update["seconds"] > 0 and update["stats"]["optimizer_steps"] >= 1
     assert update["selected_trajectories"] == 2 * samp["trunks"]  # best + worst per trunk
+    # the update again from the sampling weights: micro-batches and gradient checkpointing
+    uv = out["update_variants"]
+    assert uv["trajectories"] == samp["images"]  # no memory limit on the CPU: all of them
+    var = uv["variants"]
+    assert list(var) == ["preset", "largest", "largest_checkpointing"]
+    assert var["preset"]["micro_batch"] < var["largest"]["micro_batch"] == uv["trajectories"]
+    assert var["largest_checkpointing"]["gradient_checkpointing"]
+    for v in var.values():
+        assert v["seconds"] > 0 and v["stats"]["optimizer_steps"] == 1
+        assert v["stats"]["onpolicy_transitions"] == uv["trajectories"] * uv["interval"]
+        assert v["stats"]["onpolicy_ratio_dev_max"] <= 1e-6  # sampled at these weights
+        assert v["stats"]["loss"] == pytest.approx(var["preset"]["stats"]["loss"], abs=1e-6)
 
     printed = capsys.readouterr().out.rstrip()
     text = table(out).rstrip()
@@ -54,6 +66,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     assert text.splitlines()[0].startswith("== bench.gpu results")
     assert "images/s" in text and "matmul peak TFLOP/s" in text
     assert "branch-batched / per-branch loop" in text
+    assert "micro-batch 4, checkpointing" in text
 
 
 def _oom_above(limit: int):
@@ -123,3 +136,21 @@ def test_partial_result_is_written_atomically(tmp_path):
     save({**first, "sampling": {}}, tmp_path, complete=True)
     assert json.loads(path.read_text())["complete"] is True
     assert [p.name for p in tmp_path.iterdir()] == [RESULT_FILE]
+
+
+def test_table_shows_the_gpu_only_numbers(tmp_path):
+    """What only a GPU run fills in (the micro-batch searches, an update variant that ran
+    out of memory) still prints, from a CPU run's JSON with those parts filled in."""
+    assert main(["--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 0
+    out = json.loads((tmp_path / RESULT_FILE).read_text())
+    out["max_micro_batch"] = {"train": 37, "sampling": 197, "train_checkpointing": 256}
+    out["max_micro_batch_search"] = {
+        "train": {"capped": False},
+        "sampling": {"capped": False},
+        "train_checkpointing": {"capped": True},
+    }
+    out["update_variants"]["variants"]["largest"] = {"micro_batch": 37, "error": "OOM"}
+    text = table(out)
+    assert "train 37 (UNet batch x2), sampling 197" in text
+    assert "train with gradient checkpointing >=256" in text
+    assert "largest: micro-batch 37, OOM" in text
