@@ -78,15 +78,17 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
             groups[n].connect()
         start = {n: g.state(-1, 0) for n, g in groups.items()}
         seconds: dict[int, list[float]] = {n: [] for n in workers}
+        cpu: dict[int, list[list[float]]] = {n: [] for n in workers}
         out: dict[int, dict] = {}
         for _ in range(repeats):
             for n, g in groups.items():
                 g.restore(start[n], "bench start")
-                before = g.comm_bytes()
+                before, cpu0 = g.comm_bytes(), g.cpu_seconds()
                 t0 = time.perf_counter()
                 stats = g.update(stage, adv, sel, ref)
                 seconds[n].append(time.perf_counter() - t0)
-                after = g.comm_bytes()
+                after, cpu1 = g.comm_bytes(), g.cpu_seconds()
+                cpu[n].append([b - a for a, b in zip(cpu0, cpu1, strict=True)])
                 steps = max(1, stats.optimizer_steps)
                 out[n] = {
                     "stats": stats.as_dict(),
@@ -121,6 +123,8 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
             "seconds": seconds[n],
             "best_seconds": best,
             "ratio_to_base": best / min(seconds[base]),
+            "cpu_seconds_per_rank": cpu[n],  # per repeat, per rank
+            "cpu_ratio_to_base": min(max(c) for c in cpu[n]) / min(max(c) for c in cpu[base]),
             "optimizer_steps": out[n]["stats"]["optimizer_steps"],
             "grad_bytes_per_step": out[n]["grad_bytes_per_step"],
             "other_bytes_per_update": out[n]["other_bytes"],
@@ -137,16 +141,17 @@ def report(r: dict, threads: int) -> str:
         f"stage {r['stage']} (split {r['split_step']}): {r['selected_trajectories']} selected "
         f"trajectories, {r['trajectory_steps']} trajectory-steps; LoRA gradient "
         f"{r['lora_gradient_bytes']} bytes",
-        "workers x threads   update s (best; each)    vs 1   steps   all-reduced bytes per "
-        "step (each rank)   max |LoRA - 1 worker's|",
+        "workers x threads  update s: best (each)     vs 1  | busiest rank CPU s  vs 1 | "
+        "steps  all-reduced bytes/step (each rank)  max |LoRA - 1 worker's|",
     ]
     for n, w in r["workers"].items():
         each = "(" + ", ".join(f"{s:.2f}" for s in w["seconds"]) + ")"
+        busiest = min(max(c) for c in w["cpu_seconds_per_rank"])
         per = ", ".join(str(int(b)) for b in w["grad_bytes_per_step"]) if int(n) > 1 else "-"
         lines.append(
-            f"{n:>7} x {threads:<7}   {w['best_seconds']:6.2f} {each:<16}  "
-            f"{w['ratio_to_base']:5.2f}   {w['optimizer_steps']:>5}   {per:<37}"
-            f"{w['max_lora_difference']:.1e}"
+            f"{n:>7} x {threads:<7} {w['best_seconds']:6.2f} {each:<20} {w['ratio_to_base']:5.2f} "
+            f"| {busiest:18.2f} {w['cpu_ratio_to_base']:5.2f} | {w['optimizer_steps']:>5}  "
+            f"{per:<36}{w['max_lora_difference']:.1e}"
         )
     return "\n".join(lines)
 

@@ -48,6 +48,8 @@ def test_report_lists_each_worker_count():
                 "seconds": [12.0, 12.5],
                 "best_seconds": 12.0,
                 "ratio_to_base": 1.0,
+                "cpu_seconds_per_rank": [[12.1], [12.3]],
+                "cpu_ratio_to_base": 1.0,
                 "optimizer_steps": 8,
                 "grad_bytes_per_step": [0.0],
                 "max_lora_difference": 0.0,
@@ -56,6 +58,8 @@ def test_report_lists_each_worker_count():
                 "seconds": [6.5, 6.6],
                 "best_seconds": 6.5,
                 "ratio_to_base": 6.5 / 12.0,
+                "cpu_seconds_per_rank": [[6.2, 6.1], [6.0, 6.3]],
+                "cpu_ratio_to_base": 6.2 / 12.1,
                 "optimizer_steps": 8,
                 "grad_bytes_per_step": [245760.0, 245760.0],
                 "max_lora_difference": 1e-6,
@@ -64,3 +68,4 @@ def test_report_lists_each_worker_count():
     }
     text = report(r, 1)
     assert "split 10" in text and "0.54" in text and "245760, 245760" in text
+    assert "6.20" in text and "0.51" in text  # the busiest rank's CPU seconds, best repeat
