@@ -191,9 +191,9 @@ class TrainConfig(Section):
     micro_batch: int = Field(
         0,
         ge=0,
-        description="Training units per forward / backward: each batch is cut into pieces "
-        "of this size whose gradients add up to the batch's (memory only, not the update). "
-        "0: the whole batch.",
+        description="Most training units per forward / backward: a batch (a rank's shard of "
+        "it) larger than this is cut into pieces whose gradients add up to the batch's, so "
+        "it sets memory, not the update. 0: the whole batch.",
     )
     gradient_checkpointing: bool = Field(
         False,
@@ -216,15 +216,6 @@ class TrainConfig(Section):
     )
     shuffle_timesteps: bool = True
     lora: LoraConfig = LoraConfig()
-
-    @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.micro_batch > self.batch_size:
-            raise ValueError(
-                f"train.micro_batch={self.micro_batch} is above train.batch_size="
-                f"{self.batch_size} (a micro-batch is a piece of one batch)"
-            )
-        return self
 
 
 PROMPT_SETS = ("animals_activities", "colour_fruit", "object_relation")

@@ -104,11 +104,12 @@ def test_micro_batches_make_the_update_of_the_whole_batch(
     assert stats.onpolicy_transitions == want_stats.onpolicy_transitions > 0
 
 
-def test_micro_batch_is_a_piece_of_a_batch(tiny_cfg):
-    with pytest.raises(ValueError, match="train.micro_batch=4 is above train.batch_size=3"):
-        Config.model_validate(
-            {**tiny_cfg.model_dump(), "train": {"batch_size": 3, "micro_batch": 4}}
-        )
+def test_a_micro_batch_above_the_batch_is_the_whole_batch(tiny_model, tiny_cfg, batch):
+    """So a preset's micro-batch never stands in the way of a smaller batch_size."""
+    _, want, _ = _train(tiny_model, _cfg(tiny_cfg, batch_size=4), batch)
+    _, got, _ = _train(tiny_model, _cfg(tiny_cfg, batch_size=4, micro_batch=16), batch)
+    assert len(got) == len(want) == 3
+    assert all(_max_diff(g, w) == 0.0 for g, w in zip(got, want, strict=True))
 
 
 @pytest.mark.parametrize("autocast", ["bf16", "fp16"])
