@@ -5,6 +5,9 @@ torch RNG state) and `state.json` (stage index, schedule position, weights versi
 per-prompt reward history, optimizer hyper-parameters, checksums of the two tensor files).
 It is written under a temporary name and renamed into place, so a crash mid-write leaves
 the previous checkpoint as the last complete one. Nothing here unpickles anything.
+With several learner ranks (`runtime.learner_workers`) it holds rank 0's state: the ranks
+all-reduce their gradients, so their LoRA and AdamW moments are the same (the learner group
+compares them before every save), and a resume loads it into every rank.
 """
 
 from __future__ import annotations
