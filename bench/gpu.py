@@ -94,6 +94,7 @@ class Arch:
     micro_batch: int
     train_batch: int
     grad_accum: int
+    train_micro_batch: int  # trajectories per forward / backward (0: the whole batch)
     matmul_n: int
 
     def as_dict(self) -> dict:
@@ -103,7 +104,7 @@ class Arch:
 
 
 # Stable Diffusion 1.5. Run sizes follow configs/sd14_b2.yaml: 20 steps, K = 5, micro-batch
-# 16, the first stage's split step 14, train batch 8 with 4 accumulation steps.
+# 16, the first stage's split step 14, train batch 32 in training micro-batches of 16.
 SD15 = Arch(
     name="sd15",
     net=SD15_NETWORKS,
@@ -112,8 +113,9 @@ SD15 = Arch(
     trunks=8,
     branches=5,
     micro_batch=16,
-    train_batch=8,
-    grad_accum=4,
+    train_batch=32,
+    grad_accum=1,
+    train_micro_batch=16,
     matmul_n=8192,
 )
 
@@ -145,6 +147,7 @@ TINY = Arch(
     micro_batch=4,
     train_batch=2,
     grad_accum=1,
+    train_micro_batch=0,
     matmul_n=512,
 )
 
@@ -423,6 +426,7 @@ def bench_config(arch: Arch, train_dtype: str, device: torch.device, out: Path) 
                 "epochs": 1,
                 "batch_size": arch.train_batch,
                 "grad_accum": arch.grad_accum,
+                "micro_batch": arch.train_micro_batch,
                 "lora": {"rank": 4},
             },
             "rewards": [{"name": "jpeg_compressibility"}],
@@ -522,7 +526,7 @@ def update_part(
     K = cfg.sampling.branches
     adv = np.tile(np.linspace(-1.0, 1.0, K), len(batch) // K)
     sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
-    bs = cfg.train.batch_size
+    bs = cfg.train.micro_batch or cfg.train.batch_size  # trajectories per forward / backward
     model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
     probe = train_probe(model, trainer.params, bs, cfg)
     probe()  # warm-up of the backward kernels
@@ -532,7 +536,8 @@ def update_part(
     out = {
         "lora_rank": cfg.train.lora.rank,
         "lora_parameters": sum(p.numel() for p in trainer.params),
-        "train_batch": bs,
+        "train_batch": cfg.train.batch_size,
+        "train_micro_batch": bs,
         "unet_batch": 2 * bs,
         "train_flops_per_trajectory_step": flops / bs,
         "train_probe_seconds": sec_term,
@@ -587,7 +592,7 @@ def update_variants(
     adv = np.tile(np.linspace(-1.0, 1.0, K), -(-n // K))[:n]
     sel = Selection(np.arange(n), int((adv > 0).sum()), int((adv < 0).sum()), np.zeros((0, 2), int))
     plans = {
-        "preset": (min(base.train.batch_size, n), False),
+        "preset": (min(base.train.micro_batch or base.train.batch_size, n), False),
         "largest": (n, False),
         "largest_checkpointing": (n, True),
     }
@@ -891,7 +896,8 @@ def table(result: dict) -> str:
     up = result.get("update")
     if up and "seconds" in up:
         lines.append(
-            f"update ({dtypes[-1]}, LoRA r{up['lora_rank']}): {up['seconds']:.2f} s for "
+            f"update ({dtypes[-1]}, LoRA r{up['lora_rank']}, micro-batch "
+            f"{up.get('train_micro_batch', up['train_batch'])}): {up['seconds']:.2f} s for "
             f"{up['trajectory_steps']} trajectory-steps "
             f"({up['trajectory_steps_per_second']:.4g}/s), "
             f"{up['update_unet_tflops']:.4g} TFLOP/s, peak {_gib(up['peak_memory_bytes'])} GiB"
