@@ -90,6 +90,7 @@ CASES = {
     "kl_penalty": ({"kl_coef": 0.5, "step_weight": "noise"}, {}),
     "pairwise": ({"name": "pairwise"}, {"batch_size": 1}),
     "target_kl": ({}, {"lr": 0.05, "batch_size": 1, "epochs": 2, "target_kl": 1e-4}),
+    "micro_batch": ({}, {"batch_size": 6, "micro_batch": 1}),  # pieces of each rank's shard
 }
 
 

@@ -160,3 +160,19 @@ def test_autocast_needs_float32_or_the_same_half_weights():
     assert ModelConfig(dtype="float32", autocast="fp16").autocast == "fp16"
     with pytest.raises(ValueError, match="model.autocast=bf16 with model.dtype=float16"):
         ModelConfig(dtype="float16", autocast="bf16")
+
+
+def test_load_model_applies_model_autocast(tiny_pipeline_dir):
+    from diffusion.pipeline import load_model
+
+    model = load_model(
+        ModelConfig(pretrained=tiny_pipeline_dir, autocast="bf16"), torch.device("cpu")
+    )
+    assert model.autocast == model.compute_dtype == torch.bfloat16 and model.dtype == torch.float32
+    x = torch.zeros(2, *model.latent_shape)
+    ctx = model.encode_prompts(["a red circle", ""])
+    assert model.unet(x, torch.tensor([500, 500]), encoder_hidden_states=ctx).sample.dtype == (
+        torch.bfloat16
+    )
+    plain = load_model(ModelConfig(pretrained=tiny_pipeline_dir), torch.device("cpu"))
+    assert plain.autocast is None and "forward" not in plain.unet.__dict__
