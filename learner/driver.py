@@ -27,7 +27,7 @@ from actors.rollout import RolloutWorker, StaleWeightsError
 from configs.schema import Config
 from learner import checkpoint
 from learner.advantages import within_trunk_share
-from learner.learner_group import LearnerGroup
+from learner.learner_group import LearnerGroup, LearnerLost
 from learner.stage import check_rewards, sampler_settings, stage_prompts
 from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows
 from rewards.actor import RewardWorker
@@ -153,10 +153,20 @@ class Cluster:
         """A new learner group on the same bundles (Ray moves a lost node's bundles to a
         node with room), holding the state of checkpoint `last` (None: the initial one)."""
         self.learner.kill()
-        self.learner = LearnerGroup(self.cfg, self.pg, self._learner_bundle)
-        self.learner.connect()
-        if last is not None:
-            self.learner.restore(checkpoint.load(last), str(last))
+        for _attempt in range(5):
+            # until Ray has noticed a lost node, a new rank may still be sent to it and die
+            if not self.pg.wait(timeout_seconds=120):
+                break
+            self.learner = LearnerGroup(self.cfg, self.pg, self._learner_bundle)
+            try:
+                self.learner.connect()
+                if last is not None:
+                    self.learner.restore(checkpoint.load(last), str(last))
+                return
+            except (RayActorError, ActorDiedError, LearnerLost):
+                self.learner.kill()
+                time.sleep(1.0)
+        raise LearnerLost("could not rebuild the learner group: its bundles found no node")
 
     def shutdown(self) -> None:
         for a in [*self.rollouts, *self.rewards]:

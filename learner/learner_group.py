@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import numpy as np
 import ray
-from ray.exceptions import ActorDiedError, RayActorError
+from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError, RayTaskError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from configs.schema import Config
@@ -110,11 +110,29 @@ class LearnerGroup:
             try:
                 ray.get(done[0])
             except (RayActorError, ActorDiedError) as exc:
-                rank = refs.index(done[0])
-                self.kill()
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise LearnerLost(f"learner rank {rank} died ({first})") from None
+                self._lost(refs.index(done[0]), exc)
+            except RayTaskError:
+                # a rank whose peer died fails in the collective; the peer is the news
+                dead = self._dead_ranks()
+                if not dead:
+                    raise
+                self._lost(dead[0], None)
         return ray.get(refs)
+
+    def _dead_ranks(self, timeout: float = 60.0) -> list[int]:
+        probes = [a.__ray_ready__.remote() for a in self.ranks]
+        dead = []
+        for rank, probe in enumerate(probes):
+            try:
+                ray.get(probe, timeout=timeout)
+            except (RayActorError, ActorDiedError, GetTimeoutError):
+                dead.append(rank)
+        return dead
+
+    def _lost(self, rank: int, exc: BaseException | None) -> None:
+        self.kill()
+        why = (str(exc).strip().splitlines() or [""])[0][:200] if exc is not None else ""
+        raise LearnerLost(f"learner rank {rank} died" + (f" ({why})" if why else ""))
 
     def publish(self) -> tuple[int, ray.ObjectRef]:
         ((version, (ref,)),) = self._get([self.lead.publish.remote()])
