@@ -11,6 +11,9 @@ starting state before each timed update (repeats alternate between the groups). 
 the seconds (best of the repeats), the ratio to one worker, the bytes each rank all-reduced
 per optimizer step against the LoRA's gradient size, and how far each group's LoRA is from
 one worker's. With --doc the numbers go to the end of the "Learner workers" section.
+
+`python -m bench.scale --model [...]` runs the stage-time model instead (`bench.scale_report`:
+the preset on 1 to 64 GPUs from bench.gpu's per-GPU rates; no Ray, seconds).
 """
 
 from __future__ import annotations
@@ -157,6 +160,11 @@ def report(r: dict, threads: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--model" in argv:  # the model has its own flags (`--model --help`)
+        from bench import scale_report
+
+        return scale_report.main([a for a in argv if a != "--model"])
     p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     p.add_argument("--config", type=Path)
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[])
@@ -165,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="runtime.learner_threads per worker")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--json", type=Path)
+    p.add_argument(
+        "--model", action="store_true", help="the stage-time model instead (--model --help)"
+    )
     p.add_argument(
         "--doc", type=Path, help="add the results to this file's Learner workers section"
     )
@@ -175,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     stage = cfg.stages - 1 if args.stage is None else args.stage
     result = measure(cfg, stage, sorted(set(args.workers)), args.repeats)
-    command = "python -m bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m bench.scale " + " ".join(argv)
     result["meta"] = {
         "command": command.strip(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
