@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -25,8 +24,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.rollout import RolloutWorker, StaleWeightsError
 from configs.schema import Config
-from learner import checkpoint
 from learner.advantages import within_trunk_share
+from learner.checkpoint import LearnerState
 from learner.learner_group import LearnerGroup, LearnerLost
 from learner.stage import check_rewards, sampler_settings, stage_prompts
 from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows
@@ -149,9 +148,9 @@ class Cluster:
                 f"learner_gpus x learner_workers) but the Ray cluster has {have.get('GPU', 0.0):g}"
             )
 
-    def rebuild_learner(self, last: Path | None) -> None:
+    def rebuild_learner(self, state: LearnerState | None, source: str) -> None:
         """A new learner group on the same bundles (Ray moves a lost node's bundles to a
-        node with room), holding the state of checkpoint `last` (None: the initial one)."""
+        node with room), holding `state` (None: the initial one) read from `source`."""
         self.learner.kill()
         for _attempt in range(5):
             # until Ray has noticed a lost node, a new rank may still be sent to it and die
@@ -160,8 +159,8 @@ class Cluster:
             self.learner = LearnerGroup(self.cfg, self.pg, self._learner_bundle)
             try:
                 self.learner.connect()
-                if last is not None:
-                    self.learner.restore(checkpoint.load(last), str(last))
+                if state is not None:
+                    self.learner.restore(state, source)
                 return
             except (RayActorError, ActorDiedError, LearnerLost):
                 self.learner.kill()

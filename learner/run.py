@@ -18,6 +18,7 @@ from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint, onpolicy
 from learner.advantages import convert_prompt_memory
+from learner.checkpoint import LearnerState
 from learner.driver import Cluster, StageRunner
 from learner.learner_group import LearnerLost
 from learner.outputs import Outputs, resolve_outputs, run_tracking_uri
@@ -127,17 +128,8 @@ def execute(
     if resuming:
         last = checkpoint.latest(run_dir)
         if last is not None:
-            state = checkpoint.load(last)
+            state = load_state(cfg, last)
             start_stage = state.stage + 1
-            train = load_prompts(cfg.prompts.train, "prompts.train")
-            # B²'s memory in the per-prompt form: per-stage (exact for this run's sampling)
-            state.advantages = convert_prompt_memory(
-                state.advantages,
-                state.stage,
-                cfg.advantage.history,
-                lambda i: stage_rows(cfg, train, i),
-                str(last),
-            )
     started = connect(cfg)
     try:
         return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs)
@@ -148,6 +140,21 @@ def execute(
     finally:
         if started:
             ray.shutdown()
+
+
+def load_state(cfg: Config, path: Path) -> LearnerState:
+    """Checkpoint `path` as the learner restores it: B²'s memory in the older per-prompt
+    form is converted to the per-stage one (exact for this run's own sampling)."""
+    state = checkpoint.load(path)
+    train = load_prompts(cfg.prompts.train, "prompts.train")
+    state.advantages = convert_prompt_memory(
+        state.advantages,
+        state.stage,
+        cfg.advantage.history,
+        lambda i: stage_rows(cfg, train, i),
+        str(path),
+    )
+    return state
 
 
 def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs) -> dict:
@@ -169,7 +176,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
         {
             "run_name": run_dir.name,
             "mlflow_run_id": tracker.run_id,
-            "mlflow_tracking_uri": _tracking_uri() if tracker.run_id else None,
+            "mlflow_tracking_uri": tracker.tracking_uri if tracker.run_id else None,
         }
     )
     info_path.write_text(json.dumps(info, indent=2))
@@ -243,7 +250,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
         "final_metrics": metrics,
         "mlflow_run_id": tracker.run_id,
         "mlflow_experiment_id": tracker.experiment_id,
-        "mlflow_tracking_uri": _tracking_uri(),
+        "mlflow_tracking_uri": tracker.tracking_uri,
         "seconds": time.perf_counter() - t_run,
         "lora": str(run_dir / "lora" / "pytorch_lora_weights.safetensors"),
         "schedule_end": split_step(cfg.schedule, last_stage, cfg.stages, cfg.sampling.num_steps),
@@ -275,14 +282,5 @@ def _run_stage(cfg, cluster, runner, run_dir, stage, grid):
                 f"{last or 'its initial state'} and running the stage again",
                 flush=True,
             )
-            cluster.rebuild_learner(last)
+            cluster.rebuild_learner(None if last is None else load_state(cfg, last), str(last))
     raise AssertionError("unreachable")
-
-
-def _tracking_uri() -> str:
-    try:
-        import mlflow
-
-        return mlflow.get_tracking_uri()
-    except Exception:  # noqa: BLE001
-        return ""

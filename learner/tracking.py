@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,6 +32,9 @@ def git_commit() -> str:
 
 
 class Tracker:
+    """One MLflow run, through an `MlflowClient` bound to its store: no process-wide MLflow
+    state is set, so runs in one process (tests, experiments) never leak into each other."""
+
     def __init__(
         self,
         cfg: Config,
@@ -47,29 +51,36 @@ class Tracker:
         self.enabled = cfg.logging.mlflow
         self.run_id: str | None = None
         self.experiment_id: str | None = None
+        self.tracking_uri: str | None = None
         self.problem: str | None = None
         if not self.enabled:
             return
         try:
             import mlflow
 
-            self._mlflow = mlflow
-            if tracking_uri:
-                mlflow.set_tracking_uri(tracking_uri)
-            name = cfg.logging.experiment
-            if artifact_location and mlflow.get_experiment_by_name(name) is None:
-                mlflow.create_experiment(name, artifact_location=artifact_location)
-            mlflow.set_experiment(name)
-            run = (
-                mlflow.start_run(run_id=resume_id)
-                if resume_id
-                else mlflow.start_run(run_name=run_name)
-            )
+            self._client = client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+            self.tracking_uri = client.tracking_uri
+            if resume_id:
+                run = client.get_run(resume_id)
+                client.update_run(resume_id, status="RUNNING")
+            else:
+                name = cfg.logging.experiment
+                experiment = client.get_experiment_by_name(name)
+                experiment_id = (
+                    experiment.experiment_id
+                    if experiment is not None
+                    else client.create_experiment(name, artifact_location=artifact_location)
+                )
+                run = client.create_run(
+                    experiment_id,
+                    run_name=run_name,
+                    tags={"algorithm": cfg.algorithm, "git_commit": git_commit()},
+                )
+                params = [mlflow.entities.Param(k, v) for k, v in flatten(cfg).items()]
+                for i in range(0, len(params), 100):  # MLflow's limit per batch
+                    client.log_batch(run.info.run_id, params=params[i : i + 100])
             self.run_id = run.info.run_id
             self.experiment_id = run.info.experiment_id
-            if not resume_id:
-                mlflow.log_params(flatten(cfg))
-                mlflow.set_tags({"algorithm": cfg.algorithm, "git_commit": git_commit()})
         except Exception as exc:  # noqa: BLE001 - any tracking failure is survivable
             self._fail(exc)
 
@@ -90,7 +101,11 @@ class Tracker:
             f.write(json.dumps({"step": step, **values}) + "\n")
         if self.enabled:
             try:
-                self._mlflow.log_metrics(values, step=step)
+                import mlflow
+
+                now = int(time.time() * 1000)
+                batch = [mlflow.entities.Metric(k, float(v), now, step) for k, v in values.items()]
+                self._client.log_batch(self.run_id, metrics=batch)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
 
@@ -98,16 +113,16 @@ class Tracker:
         if self.enabled:
             try:
                 if path.is_dir():
-                    self._mlflow.log_artifacts(str(path), artifact_path)
+                    self._client.log_artifacts(self.run_id, str(path), artifact_path)
                 else:
-                    self._mlflow.log_artifact(str(path), artifact_path)
+                    self._client.log_artifact(self.run_id, str(path), artifact_path)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             try:
-                self._mlflow.end_run(status=status)
+                self._client.set_terminated(self.run_id, status)
             except Exception as exc:  # noqa: BLE001
                 self._fail(exc)
 
