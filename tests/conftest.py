@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from configs.schema import Config  # noqa: E402
+from learner.distributed import Collective  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +62,58 @@ def _tiny_model_once(tiny_pipeline_dir):
 def tiny_model(_tiny_model_once):
     """A fresh copy per test: trainers attach LoRA to the UNet in place."""
     return copy.deepcopy(_tiny_model_once)
+
+
+class ThreadRanks(Collective):
+    """Data-parallel ranks as threads of one process (the learner's Collective): each
+    reduction stacks every rank's value in rank order, so every rank gets the same bits,
+    as an all-reduce gives them."""
+
+    def __init__(self, shared: list, barrier, rank: int):
+        self.shared, self.barrier, self.rank, self.size = shared, barrier, rank, len(shared)
+        self.grad_bytes = 0
+
+    def _reduce(self, t: torch.Tensor, how) -> torch.Tensor:
+        self.shared[self.rank] = t.clone()
+        self.barrier.wait()
+        out = how(torch.stack(self.shared))
+        self.barrier.wait()
+        return out
+
+    def sum(self, values):
+        return self._reduce(torch.tensor(values, dtype=torch.float64), lambda s: s.sum(0)).tolist()
+
+    def min(self, value):
+        return float(self._reduce(torch.tensor(value), lambda s: s.min()))
+
+    def max(self, value):
+        return float(self._reduce(torch.tensor(value), lambda s: s.max()))
+
+    def sum_tensor(self, tensor):
+        return self._reduce(tensor, lambda s: s.sum(0))
+
+    def sum_grads(self, params):
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        flat = self._reduce(torch.cat([g.reshape(-1) for g in grads]), lambda s: s.sum(0))
+        self.grad_bytes += flat.numel() * flat.element_size()
+        offset = 0
+        for p in params:
+            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+
+@pytest.fixture()
+def thread_ranks():
+    """`thread_ranks(n)`: the collectives of n ranks run as threads, one torch thread each
+    (threads of one process share its OpenMP pool)."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def make(n: int) -> list[ThreadRanks]:
+        shared, barrier = [None] * n, threading.Barrier(n, timeout=60)
+        return [ThreadRanks(shared, barrier, r) for r in range(n)]
+
+    yield make
+    torch.set_num_threads(before)

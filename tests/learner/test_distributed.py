@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffusion.sampler import sample_branches
-from learner.distributed import Collective, mean_share, shard
+from learner.distributed import mean_share, shard
 from learner.selection import compact, select
 from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
@@ -41,49 +41,6 @@ def test_mean_shares_sum_to_the_global_mean():
     assert mean_share(5, 5) == 1.0 and mean_share(0, 5) == 0.0
 
 
-class _Barrier:
-    def __init__(self, n: int):
-        self.barrier = threading.Barrier(n, timeout=60)
-        self.slots: list = [None] * n
-
-
-class ThreadRanks(Collective):
-    """Ranks as threads of one process: each reduces the same stacked inputs in rank order,
-    so every rank gets the same bits (as an all-reduce gives them)."""
-
-    def __init__(self, shared: _Barrier, rank: int):
-        self.shared, self.rank, self.size = shared, rank, len(shared.slots)
-        self.grad_bytes = 0
-
-    def _reduce(self, t: torch.Tensor, how) -> torch.Tensor:
-        self.shared.slots[self.rank] = t.clone()
-        self.shared.barrier.wait()
-        out = how(torch.stack(self.shared.slots))
-        self.shared.barrier.wait()
-        return out
-
-    def sum(self, values):
-        return self._reduce(torch.tensor(values, dtype=torch.float64), lambda s: s.sum(0)).tolist()
-
-    def min(self, value):
-        return float(self._reduce(torch.tensor(value), lambda s: s.min()))
-
-    def max(self, value):
-        return float(self._reduce(torch.tensor(value), lambda s: s.max()))
-
-    def sum_tensor(self, tensor):
-        return self._reduce(tensor, lambda s: s.sum(0))
-
-    def sum_grads(self, params):
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self._reduce(torch.cat([g.reshape(-1) for g in grads]), lambda s: s.sum(0))
-        self.grad_bytes += flat.numel() * flat.element_size()
-        offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
-
-
 CASES = {
     "ppo": ({}, {}),
     "ppo_accum": ({}, {"grad_accum": 2, "batch_size": 2}),
@@ -94,17 +51,8 @@ CASES = {
 }
 
 
-@pytest.fixture()
-def one_thread():
-    """Two ranks in threads of one process share its OpenMP pool: one torch thread each."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, one_thread):
+def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, thread_ranks):
     loss, train = CASES[case]
     cfg = tiny_cfg.model_copy(
         update={
@@ -121,8 +69,7 @@ def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, one_thread
     one = PolicyTrainer(copy.deepcopy(tiny_model), cfg)
     want = one.update(batch, adv, sel, stage=2)
 
-    shared = _Barrier(2)
-    ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, ThreadRanks(shared, r)) for r in (0, 1)]
+    ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, g) for g in thread_ranks(2)]
     got: list = [None, None]
 
     def run(r: int) -> None:

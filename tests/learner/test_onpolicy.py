@@ -94,62 +94,23 @@ def test_default_tolerances_follow_the_precision(tiny_cfg, tiny_pipeline_dir):
     assert onpolicy.tolerance(_cfg(tiny_cfg, onpolicy_tolerance=3e-3)) == 3e-3
 
 
-class _ThreadRanks:
-    """Two ranks as threads: every reduction stacks both ranks' values in rank order."""
-
-    def __init__(self, shared: list, barrier: threading.Barrier, rank: int):
-        self.shared, self.barrier, self.rank, self.size = shared, barrier, rank, 2
-
-    def _reduce(self, t: torch.Tensor, how) -> torch.Tensor:
-        self.shared[self.rank] = t.clone()
-        self.barrier.wait()
-        out = how(torch.stack(self.shared))
-        self.barrier.wait()
-        return out
-
-    def sum(self, values):
-        return self._reduce(torch.tensor(values, dtype=torch.float64), lambda s: s.sum(0)).tolist()
-
-    def min(self, value):
-        return float(self._reduce(torch.tensor(value), lambda s: s.min()))
-
-    def max(self, value):
-        return float(self._reduce(torch.tensor(value), lambda s: s.max()))
-
-    def sum_tensor(self, tensor):
-        return self._reduce(tensor, lambda s: s.sum(0))
-
-    def sum_grads(self, params):
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        flat = self._reduce(torch.cat([g.reshape(-1) for g in grads]), lambda s: s.sum(0))
-        offset = 0
-        for p in params:
-            p.grad = flat[offset : offset + p.numel()].view_as(p).clone()
-            offset += p.numel()
-
-
-def test_two_ranks_report_the_global_statistic(tiny_model, tiny_cfg, batch):
+def test_two_ranks_report_the_global_statistic(tiny_model, tiny_cfg, batch, thread_ranks):
     """Each rank sees its shard; the reduced max, mean and count are one rank's."""
     cfg = _cfg(tiny_cfg, batch_size=9)
     shifted = copy.copy(batch)
     gen = torch.Generator().manual_seed(0)
     shifted.log_probs = batch.log_probs + 1e-3 * torch.rand(batch.log_probs.shape, generator=gen)
     want = _update(tiny_model, cfg, shifted)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    shared, barrier, got = [None, None], threading.Barrier(2, timeout=60), [None, None]
+    groups, got = thread_ranks(2), [None, None]
 
     def run(rank: int) -> None:
-        got[rank] = _update(tiny_model, cfg, shifted, _ThreadRanks(shared, barrier, rank))
+        got[rank] = _update(tiny_model, cfg, shifted, groups[rank])
 
-    try:
-        threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(threads_before)
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     assert got[0] is not None and got[0] == got[1]
     assert got[0].onpolicy_transitions == want.onpolicy_transitions == 9 * batch.interval
     assert got[0].onpolicy_ratio_dev_max == pytest.approx(want.onpolicy_ratio_dev_max, rel=1e-3)
