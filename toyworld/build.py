@@ -75,7 +75,7 @@ class BuildSettings:
     images_per_caption: int = 48
     vae: VaeTraining = VaeTraining()
     unet: UnetTraining = UnetTraining()
-    # The late exposure (docs/RESULTS.md, fifteenth and sixteenth sessions): after
+    # The late exposure (docs/archive/RESULTS-history.md, fifteenth and sixteenth sessions): after
     # pretraining, the UNet trains on the pretraining renders plus `exposure_renders` renders
     # of each default train prompt (a pretraining caption has `images_per_caption`), so that
     # a default pair gets about 70 % of the samples a pretraining caption gets, and gets them
@@ -100,7 +100,7 @@ class BuildSettings:
 
 
 FULL = BuildSettings()
-# An experiment (docs/RESULTS.md): a VAE with two downsamplings (4 x 8 x 8 latents, a
+# An experiment (docs/archive/RESULTS-history.md): a VAE with two downsamplings (4 x 8 x 8 latents, a
 # quarter of the noise dimensions per step) and cross-attention at 8 x 8 and 4 x 4.
 LATENT8 = BuildSettings(pipeline=models.PipelineSize(vae_channels=(16, 32, 64), top_attention=True))
 MICRO = BuildSettings(
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         choices=(16, 8),
         default=16,
-        help="latent side: 16 (the shipped world) or 8 (an experiment, docs/RESULTS.md)",
+        help="latent side: 16 (the shipped world) or 8 (an experiment, docs/archive/RESULTS-history.md)",
     )
     parser.add_argument(
         "--exposure-steps",

@@ -20,7 +20,7 @@ steps (smallest sigma) dominate the norm; see toyworld/README.md for what was me
 
 `--step-test` then checks the direction itself by finite differences: the LoRA moves by
 +-size along the measured ascent (and along a random direction, the control), and one
-fixed set of fresh trajectories is scored at each setting (docs/RESULTS.md).
+fixed set of fresh trajectories is scored at each setting (docs/archive/RESULTS-history.md).
 """
 
 from __future__ import annotations

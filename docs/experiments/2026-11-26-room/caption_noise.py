@@ -2,7 +2,7 @@
 time in a fixed way (colours swapped between the objects; "two X" drawn as one X).
 
     python docs/experiments/2026-11-26-room/caption_noise.py P STEPS OUT_DIR [LR]
-    (RESULTS.md: P 0.4, STEPS 500, LR 3e-4; 6.5 min on 2 cores)
+    (docs/archive/RESULTS-history.md: P 0.4, STEPS 500, LR 3e-4; 6.5 min on 2 cores)
 """
 
 import shutil
