@@ -17,6 +17,7 @@ from diffusers import DDIMScheduler, DiffusionPipeline
 
 from configs.load import resolve_path
 from configs.schema import ModelConfig
+from diffusion.fetch import node_snapshot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -90,12 +91,9 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
             raise PipelineLoadError(
                 f"model.pretrained = {cfg.pretrained!r}: cannot load pipeline from {path}: {first}"
             ) from None
-    try:  # already in the local Hugging Face cache?
-        return _from_pretrained(cfg.pretrained, cfg, local_only=True)
-    except (OSError, ValueError):
-        pass
-    try:
-        return _from_pretrained(cfg.pretrained, cfg, local_only=False)
+    try:  # a hub id: one download per node, every process on it loads the local copy
+        path = node_snapshot(cfg.pretrained, cfg.revision)
+        return _from_pretrained(str(path), cfg, local_only=True)
     except (OSError, ValueError):
         raise PipelineLoadError(_offline_hint(cfg)) from None
 
