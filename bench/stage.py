@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     tmp = Path(cfg.output_dir) / f"bench-{int(time.time())}"
     tmp.mkdir(parents=True, exist_ok=True)
-    # The in-process parts first, then both Ray parts in one Ray session: Ray leaves native
-    # threads (gRPC, its GCS client) running after ray.shutdown(), one set per session, and
-    # they must not overlap later torch work or outlive a second session at exit.
+    # The in-process parts first, then both Ray parts on one local Ray: Ray leaves native
+    # threads (gRPC, its GCS client) running after ray.shutdown(), one set per ray.init,
+    # and they must not overlap later torch work or outlive a second instance at exit.
     inproc = inprocess_stages(cfg, args.stages)
     sampler = sampler_ratio(cfg)
     ray_m = ray_stages(cfg, args.stages, tmp)

@@ -35,7 +35,7 @@ class ModelConfig(Section):
         description="On a CUDA GPU, let float32 matrix products and convolutions run in TF32 "
         "(faster, about 1e-3 relative error; PyTorch allows it for convolutions by default). "
         "Off: TF32 breaks the ratio-1 identity of PPO at unchanged weights a thousandfold, and "
-        "DDPO runs on the toy world collapsed with it (docs/archive/RESULTS-history.md, ninth session). "
+        "DDPO runs on the toy world collapsed with it (docs/archive/RESULTS-history.md). "
         "No effect on float16 / bfloat16 models or on the CPU.",
     )
     autocast: Literal["none", "bf16", "fp16"] = Field(

@@ -100,8 +100,8 @@ class BuildSettings:
 
 
 FULL = BuildSettings()
-# An experiment (docs/archive/RESULTS-history.md): a VAE with two downsamplings (4 x 8 x 8 latents, a
-# quarter of the noise dimensions per step) and cross-attention at 8 x 8 and 4 x 4.
+# An experiment (docs/archive/RESULTS-history.md): a VAE with two downsamplings (4 x 8 x 8
+# latents, a quarter of the noise dimensions per step) and cross-attention at 8 x 8 and 4 x 4.
 LATENT8 = BuildSettings(pipeline=models.PipelineSize(vae_channels=(16, 32, 64), top_attention=True))
 MICRO = BuildSettings(
     pipeline=models.MICRO,
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         choices=(16, 8),
         default=16,
-        help="latent side: 16 (the shipped world) or 8 (an experiment, docs/archive/RESULTS-history.md)",
+        help="latent side: 16 (the shipped world) or 8 (an experiment, "
+        "docs/archive/RESULTS-history.md)",
     )
     parser.add_argument(
         "--exposure-steps",

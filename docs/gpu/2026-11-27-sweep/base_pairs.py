@@ -1,5 +1,5 @@
 """Base checker accuracy of every unseen two-object "and" pair, and the "wide" splits built
-from it by a fixed rule (written before the measurement; docs/archive/RESULTS-history.md, ninth session).
+from it by a fixed rule (written before the measurement; docs/archive/RESULTS-history.md).
 
     python docs/gpu/2026-11-27-sweep/base_pairs.py --out DIR [--device cuda] [--per-caption 96]
 
