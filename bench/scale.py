@@ -19,17 +19,14 @@ the preset on 1 to 64 GPUs from bench.gpu's per-GPU rates; no Ray, seconds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from bench.stage import insert_into_section
+from bench.stage import record, run_meta
 from configs.load import load_config
 from configs.schema import Config
 
@@ -186,29 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     stage = cfg.stages - 1 if args.stage is None else args.stage
     result = measure(cfg, stage, sorted(set(args.workers)), args.repeats)
-    command = "python -m bench.scale " + " ".join(argv)
-    result["meta"] = {
-        "command": command.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
-        "threads_per_worker": args.threads,
-    }
+    result["meta"] = {**run_meta("bench.scale", argv), "threads_per_worker": args.threads}
     text = report(result, args.threads)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-    if args.doc:
-        entry = (
-            f"\n### {result['meta']['date']}: `{result['meta']['command']}`\n\n"
-            f"Machine: {result['meta']['machine']}, torch {result['meta']['torch']}"
-            f"\n\n```\n{text}\n```\n"
-        )
-        existing = args.doc.read_text(encoding="utf-8") if args.doc.is_file() else ""
-        if SECTION not in existing.splitlines():
-            entry = f"\n{SECTION}\n{entry}"
-        insert_into_section(args.doc, SECTION, entry)
+    record(result, text, args.json, args.doc, SECTION)
     return 0
 
 

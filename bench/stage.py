@@ -51,6 +51,35 @@ def insert_into_section(doc: Path, heading: str, entry: str) -> None:
     doc.write_text(before + entry + ("\n" + after if after else ""), encoding="utf-8")
 
 
+def run_meta(module: str, argv: list[str] | None) -> dict:
+    """The command, machine, date and torch version a benchmark's numbers come from."""
+    command = f"python -m {module} " + " ".join(argv if argv is not None else sys.argv[1:])
+    return {
+        "command": command.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "torch": torch.__version__,
+    }
+
+
+def record(result: dict, text: str, json_path: Path | None, doc: Path | None, heading: str):
+    """A benchmark's result as JSON at `json_path` and, with `doc`, its report as a dated
+    entry at the end of that Markdown file's `heading` section (added when missing)."""
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2))
+    if doc:
+        meta = result["meta"]
+        entry = (
+            f"\n### {meta['date']}: `{meta['command']}`\n\n"
+            f"Machine: {meta['machine']}, torch {meta['torch']}\n\n```\n{text}\n```\n"
+        )
+        existing = doc.read_text(encoding="utf-8") if doc.is_file() else ""
+        if heading not in existing.splitlines():
+            entry = f"\n{heading}\n{entry}"
+        insert_into_section(doc, heading, entry)
+
+
 PHASES = ("weight_sync", "rollout", "reward", "select", "update", "log_checkpoint")
 
 
@@ -229,25 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.shutdown()
     summary = summarize(cfg, ray_m, inproc, one_m, sampler)
-    command = "python -m bench.stage " + " ".join(argv if argv is not None else sys.argv[1:])
-    summary["meta"] = {
-        "command": command.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "torch": torch.__version__,
-    }
+    summary["meta"] = run_meta("bench.stage", argv)
     text = report(summary)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(summary, indent=2))
-    if args.doc:
-        entry = (
-            f"\n### {summary['meta']['date']}: `{summary['meta']['command']}`\n\n"
-            f"Machine: {summary['meta']['machine']}, torch {summary['meta']['torch']}"
-            f"\n\n```\n{text}\n```\n"
-        )
-        insert_into_section(args.doc, SECTION, entry)
+    record(summary, text, args.json, args.doc, SECTION)
     return 0
 
 
