@@ -12,8 +12,9 @@
 4. baselines (checker accuracy of the pipeline under the default preset's sampler on the
    packaged "all" prompt sets and on the default preset's own prompts, CLIP retrieval and
    agreement with the checker) -> DIR/baselines.json and DIR/BUILD.md (`--baselines-only`
-   measures an existing DIR again);
-5. a picture of samples -> docs/toyworld_samples.png (DIR/samples.png for another DIR).
+   measures an existing DIR again).
+A picture of the samples is `python -m tools.world_samples` (it draws the images the
+baselines measure).
 Same seed, same machine and thread count: the same assets. `--micro` builds tiny models
 with a few steps each (for the tests).
 """
@@ -38,7 +39,6 @@ from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
 from configs.schema import ModelConfig
 from diffusion.pipeline import load_model
 from diffusion.tiny import clip_tokenizer, sd_scheduler
-from learner.grid import grid_image
 from toyworld import models
 from toyworld.baselines import clip_agreement, clip_retrieval
 from toyworld.checker import check_batch
@@ -65,8 +65,6 @@ from toyworld.train_vae import (
     train_vae,
 )
 
-DEFAULT_GRID = PROJECT_ROOT / "docs" / "toyworld_samples.png"
-
 
 @dataclass(frozen=True)
 class BuildSettings:
@@ -86,7 +84,6 @@ class BuildSettings:
     clip: ClipTraining = ClipTraining()
     eval_images: int = 520  # per split: 26 per prompt of a 20-prompt set
     retrieval_renders: int = 700
-    grid_images: int = 40
 
     def __post_init__(self) -> None:
         text = self.clip_arch["text_cfg"]
@@ -116,7 +113,6 @@ MICRO = BuildSettings(
     clip=ClipTraining(steps=3, anchors=8, renders_per_spec=1),
     eval_images=8,
     retrieval_renders=16,
-    grid_images=8,
 )
 
 
@@ -235,7 +231,7 @@ def build_clip(out: Path, s: BuildSettings, seed: int, progress: bool) -> dict:
     return {"times": {"clip": _seconds(t)}, "stats": stats}
 
 
-def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) -> dict:
+def measure(out: Path, s: BuildSettings, seed: int, progress: bool) -> dict:
     t = time.perf_counter()
     preset = load_config(DEFAULT_PRESET)
     sp = preset.sampling
@@ -258,17 +254,12 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
             model, sp, load_prompts(path), s.eval_images, seed, progress=progress, desc=desc
         )
 
-    shown_images, shown_prompts, shown_correct = [], [], []
     for split in ("train", "test"):
         samples = sample(prompt_file("all", split), f"baseline {split}")
         result["pipeline"][split] = samples.accuracy().as_dict()
         result["agreement"][split] = clip_agreement(
             scorer, samples.images, samples.prompts, samples.correct
         )
-        k = s.grid_images // 2
-        shown_images.append(samples.images[:k])
-        shown_prompts += samples.prompts[:k]
-        shown_correct += samples.correct[:k].tolist()
     # the default preset's prompts (what `python -m learner.main` trains and tests on), the
     # same sampler and noise: the numbers a default run starts from
     result["default_prompts"] = {}
@@ -277,33 +268,20 @@ def measure(out: Path, s: BuildSettings, seed: int, progress: bool, grid: Path) 
         samples = sample(PROJECT_ROOT / path, f"baseline default {split}")
         result["default_prompts"][split] = {"file": path, **samples.accuracy().as_dict()}
     result["clip"] = clip_retrieval(scorer, s.retrieval_renders, seed=seed + 6)
-    grid.parent.mkdir(parents=True, exist_ok=True)
-    grid_image(torch.cat(shown_images), shown_prompts, correct=shown_correct).save(grid)
-    result["grid"] = _shown(grid)
     result["times"] = {"baselines": _seconds(t)}
     return result
-
-
-def _shown(path: Path) -> str:
-    """A path for the record: relative to the project root when inside it."""
-    try:
-        return str(path.resolve().relative_to(PROJECT_ROOT.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def asset_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
 
 
-def build(
-    out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path, command: str
-) -> dict:
+def build(out: Path, seed: int, settings: BuildSettings, progress: bool, command: str) -> dict:
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     clip = build_clip(out, settings, seed, progress)
     pipe = build_pipeline(out, settings, seed, progress)
-    measured = measure(out, settings, seed, progress, grid)
+    measured = measure(out, settings, seed, progress)
     times = {**pipe["times"], **clip["times"], **measured.pop("times")}
     times["total"] = _seconds(start)
     record = {
@@ -342,9 +320,7 @@ def _recorded_match(recorded: dict, current: dict) -> bool:
     )
 
 
-def remeasure(
-    out: Path, seed: int, settings: BuildSettings, progress: bool, grid: Path, command: str
-) -> dict:
+def remeasure(out: Path, seed: int, settings: BuildSettings, progress: bool, command: str) -> dict:
     """Measure the baselines of an existing build again (e.g. after the default preset's
     prompts changed) and update its baselines.json and BUILD.md; the models are untouched."""
     path = out / "baselines.json"
@@ -358,7 +334,7 @@ def remeasure(
         raise SystemExit(
             f"{path}: built with other settings (--micro, --latent-size or --exposure-steps differ)"
         )
-    measured = measure(out, settings, seed, progress, grid)
+    measured = measure(out, settings, seed, progress)
     seconds = measured.pop("times")["baselines"]
     record.update(measured)
     record["remeasured"] = {  # the build's own record (command, date, times_s) stays
@@ -390,7 +366,6 @@ def main(argv: list[str] | None = None) -> None:
         help="steps of the late exposure instead of the settings' (0: none, the world without it)",
     )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--grid", type=Path, default=None, help="where to write the picture")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--baselines-only",
@@ -400,7 +375,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out.resolve()
-    grid = args.grid or (DEFAULT_GRID if out == ASSETS_DIR.resolve() else out / "samples.png")
     if args.micro and args.latent_size != 16:
         raise SystemExit("--micro builds the 16 x 16 world only")
     settings = MICRO if args.micro else (LATENT8 if args.latent_size == 8 else FULL)
@@ -410,14 +384,14 @@ def main(argv: list[str] | None = None) -> None:
         settings = replace(settings, exposure=replace(settings.exposure, steps=args.exposure_steps))
     command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.baselines_only:
-        record = remeasure(out, args.seed, settings, not args.quiet, grid, command.strip())
+        record = remeasure(out, args.seed, settings, not args.quiet, command.strip())
         d = record["default_prompts"]
         print(
             f"measured {out} again in {record['remeasured']['seconds']:.0f} s; default prompts:"
             f" train {d['train']['correct']:.3f}, test {d['test']['correct']:.3f}"
         )
         return
-    record = build(out, args.seed, settings, not args.quiet, grid, command.strip())
+    record = build(out, args.seed, settings, not args.quiet, command.strip())
     p = record["pipeline"]
     print(
         f"built {out} in {record['times_s']['total']:.0f} s, {record['asset_bytes'] / 1e6:.1f} MB;"

@@ -2,8 +2,8 @@
 
     python -m toyworld.report [--dir DIR] [--json OUT]
 
-Reads DIR/baselines.json (written by `toyworld.build`) and DIR/rl_check.json (written by
-`toyworld.rl_check`); `write_build_md` renders the same numbers into DIR/BUILD.md.
+Reads DIR/baselines.json (written by `toyworld.build`) and, where present, DIR/rl_check.json
+(written by `tools.rl_check`); `write_build_md` renders the same numbers into DIR/BUILD.md.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def write_build_md(directory: Path) -> Path:
     lines = [
         "# Toy world build record",
         "",
-        "Written by `toyworld.build` (and `toyworld.rl_check`); the numbers are in",
+        "Written by `toyworld.build` (and `tools.rl_check`); the numbers are in",
         "`baselines.json` / `rl_check.json` beside this file. Print them with",
         "`python -m toyworld.report`.",
         "",
@@ -107,7 +107,7 @@ def write_build_md(directory: Path) -> Path:
             if (r := b.get("remeasured"))
             else []
         ),
-        f"- samples: `{b.get('grid', '')}`",
+        "- samples: `python -m tools.world_samples` draws the images the baselines measure",
         "",
         "| measure | value |",
         "|---|---|",

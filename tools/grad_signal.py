@@ -1,9 +1,9 @@
 """Is there a policy-gradient signal to follow? Measure it before tuning learning rates.
 
-    python -m toyworld.grad_signal [--config FILE]
-                                   [--reward partial|exact|clip|brightness|darkness|random]
-                                   [--trunks N] [--batches M] [--set dotted.key=value ...]
-                                   [--step-test SIZE,SIZE,...]
+    python -m tools.grad_signal [--config FILE]
+                                [--reward partial|exact|clip|brightness|darkness|random]
+                                [--trunks N] [--batches M] [--set dotted.key=value ...]
+                                [--step-test SIZE,SIZE,...]
 
 Samples M independent batches (N trunks x K branches each, the whole trajectory as the
 interval), scores them, normalises rewards within each trunk, and computes the gradient
@@ -16,11 +16,11 @@ weights. Two numbers per step tell signal from noise:
   twice, e.g. --trunks 32 and --trunks 128).
 
 The score-function estimator's noise per sample scales with 1/sigma_t, so the last DDIM
-steps (smallest sigma) dominate the norm; see toyworld/README.md for what was measured.
+steps (smallest sigma) dominate the norm.
 
 `--step-test` then checks the direction itself by finite differences: the LoRA moves by
 +-size along the measured ascent (and along a random direction, the control), and one
-fixed set of fresh trajectories is scored at each setting (docs/archive/RESULTS-history.md).
+fixed set of fresh trajectories is scored at each setting.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from diffusion.sampler import sample_branches
 from learner.prompts import load_prompts
 from learner.stage import sampler_settings, stage_prompts
 from learner.update import PolicyTrainer
+from tools.rl_check import REWARDS, reward_function
 from toyworld.checker import check_batch
-from toyworld.rl_check import REWARDS, reward_function
 
 
 def _cos(x: torch.Tensor, y: torch.Tensor) -> float:

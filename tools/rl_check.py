@@ -1,9 +1,9 @@
 """Can RL move the toy world? Train in one process with the project's own stage, then
 measure the checker's accuracy on the train and held-out prompts before and after.
 
-    python -m toyworld.rl_check [--config FILE] [--stages N]
-                                [--reward clip|partial|exact|shuffled|brightness|darkness|random]
-                                [--images N] [--set dotted.key=value ...] [--lora-out FILE]
+    python -m tools.rl_check [--config FILE] [--stages N]
+                             [--reward clip|partial|exact|shuffled|brightness|darkness|random]
+                             [--images N] [--set dotted.key=value ...] [--lora-out FILE]
 
 Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
 selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         overrides.append(f"stages={args.stages}")
     cfg = load_config(args.config, overrides)
     result = run(cfg, args.reward, args.images, args.eval_seed, lora_out=args.lora_out)
-    result["command"] = "python -m toyworld.rl_check " + " ".join(
+    result["command"] = "python -m tools.rl_check " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
     )
     for split in ("train", "test"):

@@ -1,4 +1,5 @@
-"""The toy world's RL diagnostics run on the shipped assets (tiny settings)."""
+"""The RL probes (tools.rl_check, tools.grad_signal) run on the shipped toy world with tiny
+settings."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
 from learner.prompts import load_prompts
 from learner.update import PolicyTrainer
-from toyworld import grad_signal, rl_check
-from toyworld.baselines import clip_agreement
+from tools import grad_signal, rl_check
 
 TINY = [
     "sampling.num_steps=3",
@@ -174,16 +174,3 @@ def test_recorded_baseline_is_reused_only_for_the_same_prompts():
         rl_check.reusable_before(cfg, 64, 0) is None
         and rl_check.reusable_before(cfg, 520, 1) is None
     )
-
-
-def test_clip_agreement_per_prompt_counts_correct_over_wrong_pairs():
-    class Scores:  # stands in for the toy CLIP: the given scores, in image order
-        def score(self, images, prompts):
-            return np.array([0.9, 0.1, 0.5, 0.2, 0.8, 0.3, 0.7])
-
-    prompts = ["a"] * 3 + ["b"] * 2 + ["c"] * 2
-    correct = np.array([True, False, False, True, False, True, True])
-    g = clip_agreement(Scores(), torch.zeros(7, 3, 4, 4), prompts, correct)
-    # a: 0.9 beats 0.1 and 0.5; b: 0.2 loses to 0.8; c: all correct, no pair
-    assert g["per_prompt"] == {"a": 1.0, "b": 0.0, "c": None}
-    assert g["pairs"] == 3 and g["agreement"] == pytest.approx(2 / 3)
