@@ -19,7 +19,10 @@ from pydantic import (
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    # allow_inf_nan=False: a learning rate of inf or nan passes `gt=0` and diverges the run
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, protected_namespaces=(), allow_inf_nan=False
+    )
 
 
 class ModelConfig(Section):
@@ -325,7 +328,7 @@ class LoggingConfig(Section):
 
 class Config(Section):
     algorithm: Literal["b2", "ddpo"] = "b2"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63, description="Every noise stream derives from it.")
     stages: int = Field(100, ge=1)
     output_dir: str = "runs"
     run_name: str | None = None

@@ -9,10 +9,23 @@ import torch
 from configs.schema import Config
 from diffusion.pipeline import PipelineLoadError, check_source
 from learner.prompts import load_prompts
-from rewards.scorers import check_terms
+from rewards.scorers import RewardSetupError, check_terms
+
+
+def check_clip_weights(cfg: Config) -> None:
+    """A clip_score term without a checkpoint would score against a randomly initialised
+    CLIP (open_clip builds one and says so in one log line on a worker): refused."""
+    for i, term in enumerate(cfg.rewards):
+        if term.name == "clip_score" and not term.checkpoint:
+            raise RewardSetupError(
+                f"rewards.{i}.checkpoint = {term.checkpoint!r}: a clip_score term needs "
+                "open_clip weights (a pretrained tag such as 'laion2b_s32b_b79k' or a "
+                ".safetensors file); without them its CLIP is randomly initialised"
+            )
 
 
 def preflight(cfg: Config) -> None:
+    check_clip_weights(cfg)
     load_prompts(cfg.prompts.train, "prompts.train")
     load_prompts(cfg.prompts.test, "prompts.test")
     check_source(cfg.model)
