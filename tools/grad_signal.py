@@ -170,7 +170,7 @@ def measure(cfg, reward: str, batches: int, step_sizes: list[float] | None = Non
         for k in range(1, grads[0].shape[0] + 1)
     ]
     # each step weighted as loss.step_weight=noise weights it: the near-deterministic
-    # second-to-last step no longer dominates the sum
+    # second-to-last step does not dominate the sum
     model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
     weight = noise_step_weights(model.scheduler, cfg.sampling.eta)
     weighted_totals = [(g * weight[: g.shape[0], None]).sum(0) for g in grads]

@@ -73,12 +73,12 @@ class BuildSettings:
     images_per_caption: int = 48
     vae: VaeTraining = VaeTraining()
     unet: UnetTraining = UnetTraining()
-    # The late exposure (docs/archive/RESULTS-history.md, fifteenth and sixteenth sessions): after
-    # pretraining, the UNet trains on the pretraining renders plus `exposure_renders` renders
-    # of each default train prompt (a pretraining caption has `images_per_caption`), so that
-    # a default pair gets about 70 % of the samples a pretraining caption gets, and gets them
-    # late: the pretrained model then draws those pairs sometimes (issue 3's 20-70 % range),
-    # as Stable Diffusion has seen most of what it is asked for a little. 0 steps: none.
+    # The late exposure: after pretraining, the UNet trains on the pretraining renders plus
+    # `exposure_renders` renders of each default train prompt (a pretraining caption has
+    # `images_per_caption`), so that a default pair gets about 70 % of the samples a
+    # pretraining caption gets, and gets them late: the pretrained model then draws those
+    # pairs sometimes (20-70 % exact leaves RL room both ways), as Stable Diffusion has seen
+    # most of what it is asked for a little. 0 steps: none.
     exposure: UnetTraining = UnetTraining(steps=450, lr=1e-3)
     exposure_renders: int = 160
     clip: ClipTraining = ClipTraining()
@@ -97,8 +97,8 @@ class BuildSettings:
 
 
 FULL = BuildSettings()
-# An experiment (docs/archive/RESULTS-history.md): a VAE with two downsamplings (4 x 8 x 8
-# latents, a quarter of the noise dimensions per step) and cross-attention at 8 x 8 and 4 x 4.
+# `--latent-size 8`: a VAE with two downsamplings (4 x 8 x 8 latents, a quarter of the noise
+# dimensions per step) and cross-attention at 8 x 8 and 4 x 4; not the shipped world.
 LATENT8 = BuildSettings(pipeline=models.PipelineSize(vae_channels=(16, 32, 64), top_attention=True))
 MICRO = BuildSettings(
     pipeline=models.MICRO,
@@ -356,8 +356,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         choices=(16, 8),
         default=16,
-        help="latent side: 16 (the shipped world) or 8 (an experiment, "
-        "docs/archive/RESULTS-history.md)",
+        help="latent side: 16 (the shipped world) or 8 (a smaller latent, not shipped)",
     )
     parser.add_argument(
         "--exposure-steps",

@@ -8,20 +8,18 @@ swapped object orders and unusual pairs; "all": both. "unusual": the binding tes
 split in two (odd lines train, even lines test), five colour-shape combinations that are
 not pretraining captions to train and five others held out: the default presets' set. The
 build's late exposure (`toyworld.build.BuildSettings.exposure`) shows the UNet the five
-train ones after pretraining, less than a pretraining caption, so that the pretrained
-model draws them sometimes (as Stable Diffusion has seen most of what it is asked for a
-little) and RL has room (docs/archive/RESULTS-history.md); so five of the ten
-"binding" (and "all") test prompts are seen late by the shipped UNet. Every
-"unusual" held-out prompt has a yellow object and no train prompt has one (the yellow
-square, the unusual object of three of them, is never trained). "recombine": the same ten
-prompts split so that every held-out prompt's unusual objects are trained beside other
-partners (first five lines train, last five test), a test of recombination
-(docs/archive/RESULTS-history.md). "relations" (the default presets' set): the "unusual"
-train prompts, held out in relation sentences: each of the five
-trained pairs with "left of", "right of", "above" and "below" (20 prompts, none a
-pretraining caption, none shown in the exposure): new prompts for the pairs RL trained,
-where what RL teaches this model carries; to new pairs it does not
-(docs/archive/RESULTS-history.md).
+train ones after pretraining, less than a pretraining caption, so that the pretrained model
+draws them sometimes (as Stable Diffusion has seen most of what it is asked for a little)
+and RL has room; so five of the ten "binding" (and "all") test prompts are seen late by the
+shipped UNet. Every "unusual" held-out prompt has a yellow object and no train prompt has
+one (the yellow square, the unusual object of three of them, is never trained).
+"recombine": the same ten prompts split so that every held-out prompt's unusual objects are
+trained beside other partners (first five lines train, last five test), a test of
+recombination. "relations" (the default presets' set): the "unusual" train prompts, held
+out in relation sentences: each of the five trained pairs with "left of", "right of",
+"above" and "below" (20 prompts, none a pretraining caption, none shown in the exposure):
+new prompts for the pairs RL trained, where what RL teaches this model carries; to new
+pairs it does not (docs/RESULTS.md).
 """
 
 from __future__ import annotations

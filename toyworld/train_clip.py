@@ -70,9 +70,9 @@ class ClipTraining:
     lr: float = 2e-3
     renders_per_spec: int = 12
     degrade_share: float = 0.5
-    # more shape hard negatives (docs/archive/RESULTS-history.md, "The issue's base range"): the
-    # share of negatives that are the anchor's own scene with one object reshaped in place, and the
-    # weight of the caption-level shape near miss among the other kinds (1 = the others')
+    # extra shape hard negatives, off by default: the share of negatives that are the anchor's
+    # own scene with one object reshaped in place, and the weight of the caption-level shape
+    # near miss among the other kinds (1 = the others')
     reshape_share: float = 0.0
     shape_weight: float = 1.0
 
