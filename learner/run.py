@@ -47,6 +47,9 @@ def connect(cfg: Config) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return True
+    from learner.ray_auth import private_token_file
+
+    private_token_file()  # before ray.init writes one any user could read
     rt = cfg.runtime
     cpus = (
         rt.rollout_actors * rt.rollout_cpus

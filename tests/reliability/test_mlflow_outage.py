@@ -5,6 +5,8 @@ the server starts on it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -91,7 +93,7 @@ def _server(cmd: list[str], port: int, store: Path, timeout: float):
     """A server process (its own, so MLflow's server-side globals stay out of this one),
     yielded once its port accepts connections."""
     log = open(store / "server.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=store)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=store, start_new_session=True)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -103,9 +105,13 @@ def _server(cmd: list[str], port: int, store: Path, timeout: float):
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.2)
         yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    finally:  # `mlflow server` runs its app in a child process: end the whole group
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         log.close()
 
 
