@@ -1,8 +1,9 @@
-"""LoRA on the UNet's attention projections (peft), its transport and its export.
+"""LoRA on the denoiser's attention projections (peft), its transport and its export.
 
 Transport is a flat {name: tensor} dict of the LoRA parameters only (what the learner
 `ray.put`s); export is diffusers' own format (`pytorch_lora_weights.safetensors`), which
-a stock `StableDiffusionPipeline.load_lora_weights` reads.
+the stock pipeline of the model's family reads with `load_lora_weights`
+(`StableDiffusionPipeline`, `StableDiffusion3Pipeline`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
 from peft import LoraConfig as PeftLoraConfig
 
 from configs.schema import LoraConfig
+from diffusion.families import UnsupportedFamily, family_of_lora
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 
@@ -24,9 +24,9 @@ class LoraShapeError(ValueError):
 
 
 def attach_lora(unet: torch.nn.Module, cfg: LoraConfig, seed: int = 0) -> None:
-    """Freeze the UNet and add a trainable LoRA adapter.
+    """Freeze the denoiser and add a trainable LoRA adapter.
 
-    B starts at zero, so the adapted UNet equals the base model until the first update;
+    B starts at zero, so the adapted denoiser equals the base model until the first update;
     the seed fixes A so that every process builds the same adapter.
     """
     unet.requires_grad_(False)
@@ -81,21 +81,23 @@ def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
     )
 
 
-def export_lora(state: dict[str, torch.Tensor], cfg: LoraConfig, out_dir: str | Path) -> Path:
+def export_lora(
+    state: dict[str, torch.Tensor], cfg: LoraConfig, out_dir: str | Path, family=None
+) -> Path:
     """Write a flat LoRA dict as `pytorch_lora_weights.safetensors` in diffusers' format.
 
-    Works without the model, so the driver can export what the learner published.
+    Works without the model, so the driver can export what the learner published; the
+    family (`diffusion.families`) is read off the tensor names unless given.
     """
+    if family is None:
+        try:
+            family = family_of_lora(state)
+        except UnsupportedFamily as exc:
+            raise LoraShapeError(str(exc)) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # peft names carry the adapter ("...to_q.lora_A.default.weight"); the file does not
     plain = {k.replace(".default.", "."): v.contiguous() for k, v in state.items()}
-    StableDiffusionPipeline.save_lora_weights(
-        save_directory=str(out_dir),
-        unet_lora_layers=convert_state_dict_to_diffusers(plain),
-        safe_serialization=True,
-        weight_name=LORA_WEIGHTS_NAME,
-        # rank and alpha travel in the file's metadata, so a scale alpha/rank != 1 survives
-        unet_lora_adapter_metadata=peft_config(cfg).to_dict(),
-    )
+    # rank and alpha travel in the file's metadata, so a scale alpha/rank != 1 survives
+    family.save_lora(plain, peft_config(cfg).to_dict(), out_dir, LORA_WEIGHTS_NAME)
     return out_dir / LORA_WEIGHTS_NAME

@@ -1,22 +1,26 @@
-"""Load any diffusers text-to-image pipeline (local directory or hub id) for RL.
+"""Load a diffusers text-to-image pipeline (local directory or hub id) for RL.
 
-Only the parts RL needs are kept (UNet, text encoder, tokenizer, VAE) and the scheduler is
-always DDIM, built from the pipeline's own scheduler config. The toy world and Stable
-Diffusion go through exactly this code.
+The pipeline's family (`diffusion.families`: SD-1.x/2.x or SD3) is read from its
+model_index.json. Only the parts RL needs are kept (denoiser, text encoders, tokenizers,
+VAE) and the scheduler is the family's policy scheduler (DDIM for SD, flow-matching Euler
+for SD3), built from the pipeline's own scheduler config. The toy world, Stable Diffusion
+and SD3 go through exactly this code.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from configs.load import resolve_path
 from configs.schema import ModelConfig
+from diffusion.families import SDFamily, UnsupportedFamily, family_for_class, family_of_dir
 from diffusion.fetch import node_snapshot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -35,6 +39,14 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _absent(source: str) -> dict[str, None]:
+    """Optional components the folder saved as absent (SD3 without T5): diffusers loads them
+    only when they are passed as None explicitly."""
+    family = family_of_dir(source)
+    index = json.loads((Path(source) / "model_index.json").read_text(encoding="utf-8"))
+    return {n: None for n in family.optional if index.get(n, [None])[0] is None}
+
+
 def _from_pretrained(source: str, cfg: ModelConfig, local_only: bool) -> DiffusionPipeline:
     # per-component loading bars from every actor drown the stage progress lines
     from diffusers.utils import logging as diffusers_logging
@@ -47,6 +59,7 @@ def _from_pretrained(source: str, cfg: ModelConfig, local_only: bool) -> Diffusi
         revision=cfg.revision,
         dtype=DTYPES[cfg.dtype],
         local_files_only=local_only,
+        **_absent(source),
     )
 
 
@@ -81,9 +94,17 @@ def check_source(cfg: ModelConfig) -> Path | None:
     return None
 
 
+def _family(path: Path, cfg: ModelConfig):
+    try:
+        return family_of_dir(path)
+    except UnsupportedFamily as exc:
+        raise PipelineLoadError(f"model.pretrained = {cfg.pretrained!r}: {exc}") from None
+
+
 def _load(cfg: ModelConfig) -> DiffusionPipeline:
     path = check_source(cfg)
     if path is not None:
+        _family(path, cfg)  # an unsupported class fails before any weights load
         try:
             return _from_pretrained(str(path), cfg, local_only=True)
         except (OSError, ValueError, TypeError) as exc:
@@ -93,6 +114,10 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
             ) from None
     try:  # a hub id: one download per node, every process on it loads the local copy
         path = node_snapshot(cfg.pretrained, cfg.revision)
+    except (OSError, ValueError):
+        raise PipelineLoadError(_offline_hint(cfg)) from None
+    _family(path, cfg)
+    try:
         return _from_pretrained(str(path), cfg, local_only=True)
     except (OSError, ValueError):
         raise PipelineLoadError(_offline_hint(cfg)) from None
@@ -100,16 +125,24 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
 
 @dataclass
 class DiffusionModel:
-    """The pieces of a text-to-image pipeline that sampling and training use."""
+    """The pieces of a text-to-image pipeline that sampling and training use.
+
+    `unet` is the denoiser whatever its architecture (SD3: the transformer), so that LoRA,
+    autocast and checkpointing code addresses one module; `family` does what differs."""
 
     unet: torch.nn.Module
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: object
-    scheduler: DDIMScheduler
+    scheduler: object  # the family's: DDIMScheduler (sd), FlowMatchEulerDiscreteScheduler
     device: torch.device
     dtype: torch.dtype
-    autocast: torch.dtype | None = None  # what the UNet computes in under torch.autocast
+    autocast: torch.dtype | None = None  # what the denoiser computes in under torch.autocast
+    family: object = field(default_factory=SDFamily)
+    text_encoder_2: torch.nn.Module | None = None
+    tokenizer_2: object = None
+    text_encoder_3: torch.nn.Module | None = None
+    tokenizer_3: object = None
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -124,15 +157,43 @@ class DiffusionModel:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
-        """Text embeddings [N, L, D] (the conditioning of the UNet)."""
-        ids = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return self.text_encoder(ids)[0].to(self.dtype)
+        """The conditioning [N, L, D] of the denoiser (its layout: `diffusion.families`)."""
+        return self.family.encode(self, prompts)
+
+    def predict(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+    ) -> torch.Tensor:
+        """The classifier-free guided denoiser output at the given (integer) timesteps."""
+        return self.family.predict(self, latents, timesteps, cond, uncond, guidance_scale)
+
+    def step(
+        self,
+        output: torch.Tensor,
+        timestep: torch.Tensor | int,
+        sample: torch.Tensor,
+        eta: float,
+        noise: torch.Tensor | None = None,
+        prev_sample: torch.Tensor | None = None,
+        recorded: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One policy step: (next latent, its log-prob [N], mean over dims). Recorded steps
+        are the ones trained; a family may take unrecorded ones deterministically (the
+        log-prob is then None). `eta`: DDIM's eta (sd), the SDE noise level (sd3)."""
+        return self.family.step(
+            self,
+            output,
+            timestep,
+            sample,
+            eta,
+            noise=noise,
+            prev_sample=prev_sample,
+            recorded=recorded,
+        )
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, micro_batch: int = 32) -> torch.Tensor:
@@ -180,9 +241,8 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
     device = device or pick_device(cfg.device)
     set_tf32(device, cfg.allow_tf32)
     pipe = _load(cfg)
-    missing = [
-        n for n in ("unet", "vae", "text_encoder", "tokenizer") if getattr(pipe, n, None) is None
-    ]
+    family = _family_of_pipe(pipe, cfg.pretrained)
+    missing = [n for n in family.components if getattr(pipe, n, None) is None]
     if missing:
         raise PipelineLoadError(
             f"model.pretrained = {cfg.pretrained!r}: not a text-to-image pipeline "
@@ -191,20 +251,38 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
     return from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
 
 
+def _family_of_pipe(pipe: DiffusionPipeline, source: str):
+    try:
+        return family_for_class(type(pipe).__name__)
+    except UnsupportedFamily as exc:
+        raise PipelineLoadError(f"model.pretrained = {source!r}: {exc}") from None
+
+
 def from_pipeline(
     pipe: DiffusionPipeline,
     device: torch.device,
     dtype: torch.dtype,
     autocast: torch.dtype | None = None,
 ) -> DiffusionModel:
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    for module in (pipe.unet, pipe.vae, pipe.text_encoder):
+    family = _family_of_pipe(pipe, type(pipe).__name__)
+    try:
+        scheduler = family.scheduler(pipe.scheduler.config)
+    except UnsupportedFamily as exc:
+        raise PipelineLoadError(str(exc)) from None
+    denoiser = getattr(pipe, family.denoiser)
+    optional = {
+        n: getattr(pipe, n, None)
+        for n in ("text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+    }
+    modules = [denoiser, pipe.vae, pipe.text_encoder]
+    modules += [m for n, m in optional.items() if n.startswith("text_encoder") and m is not None]
+    for module in modules:
         module.to(device)
         module.requires_grad_(False)
         module.eval()
-    set_autocast(pipe.unet, device, autocast)
+    set_autocast(denoiser, device, autocast)
     return DiffusionModel(
-        unet=pipe.unet,
+        unet=denoiser,
         vae=pipe.vae,
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
@@ -212,6 +290,8 @@ def from_pipeline(
         device=device,
         dtype=dtype,
         autocast=autocast,
+        family=family,
+        **optional,
     )
 
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from diffusion.ddim import ddim_step_with_logprob
 from diffusion.pipeline import DiffusionModel
 from diffusion.trajectory import TrajectoryBatch
 
@@ -88,15 +87,16 @@ def _advance(
     noise: torch.Tensor,
     settings: SamplerSettings,
     counter: UNetCounter,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One denoising step for all latents, in micro-batches."""
+    recorded: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One denoising step for all latents, in micro-batches (log-probs None when the
+    family takes this unrecorded step deterministically)."""
     nexts, log_probs = [], []
     mb = settings.micro_batch
     for lo in range(0, latents.shape[0], mb):
         x = latents[lo : lo + mb]
         ts = t.expand(x.shape[0]).to(model.device)
-        eps = guided_noise(
-            model.unet,
+        eps = model.predict(
             x,
             ts,
             cond[lo : lo + mb],
@@ -105,12 +105,10 @@ def _advance(
         )
         counter.calls += 1
         counter.evaluations += x.shape[0] * (1 if settings.guidance_scale == 1.0 else 2)
-        nxt, lp = ddim_step_with_logprob(
-            model.scheduler, eps, t, x, eta=settings.eta, noise=noise[lo : lo + mb]
-        )
+        nxt, lp = model.step(eps, t, x, settings.eta, noise=noise[lo : lo + mb], recorded=recorded)
         nexts.append(nxt)
         log_probs.append(lp)
-    return torch.cat(nexts), torch.cat(log_probs)
+    return torch.cat(nexts), None if log_probs[0] is None else torch.cat(log_probs)
 
 
 @torch.no_grad()
@@ -150,7 +148,9 @@ def sample_branches(
                 ]
             )
         )
-    latents = torch.stack(x0_noise).to(dev, dtype) * model.scheduler.init_noise_sigma
+    # flow-matching schedulers start at pure noise (sigma 1) and have no init_noise_sigma
+    sigma_T = getattr(model.scheduler, "init_noise_sigma", 1.0)
+    latents = torch.stack(x0_noise).to(dev, dtype) * sigma_T
     trunk_noise_t = torch.stack(trunk_noise).to(dev, dtype)  # [B, start, ...]
     branch_noise_t = torch.cat(branch_noise).to(dev, dtype)  # [B*K, T - start, ...]
 
@@ -159,7 +159,15 @@ def sample_branches(
 
     for j in range(start):
         latents, _ = _advance(
-            model, latents, timesteps[j], cond, uncond, trunk_noise_t[:, j], settings, counter
+            model,
+            latents,
+            timesteps[j],
+            cond,
+            uncond,
+            trunk_noise_t[:, j],
+            settings,
+            counter,
+            recorded=False,
         )
 
     latents = latents.repeat_interleave(K, dim=0)
@@ -176,6 +184,7 @@ def sample_branches(
             branch_noise_t[:, j],
             settings,
             counter,
+            recorded=j < s,
         )
         if j < s:  # steps after an interval that ends early only finish the image
             chain.append(latents)

@@ -1,4 +1,4 @@
-"""Build small Stable-Diffusion-shaped pipelines from configs, with no download.
+"""Build small Stable-Diffusion-shaped pipelines (SD-1.x and SD3) from configs, no download.
 
 Used by the test fixtures (random weights) and by the toy world's builder (which then
 trains them). The tokenizer is the real CLIP BPE tokenizer, built from the vocabulary that
@@ -14,8 +14,21 @@ from pathlib import Path
 
 import open_clip
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -137,4 +150,80 @@ def tiny_pipeline(
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def sd3_scheduler(shift: float = 3.0) -> FlowMatchEulerDiscreteScheduler:
+    """SD3's flow-matching Euler scheduler config (1000 training steps, shift 3)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
+def tiny_sd3_pipeline(
+    image_size: int = 32,
+    width: int = 32,
+    layers: int = 2,
+    text_width: int = 32,
+    max_length: int = 16,
+    seed: int = 0,
+) -> StableDiffusion3Pipeline:
+    """A random SD3 pipeline without T5: MM-DiT transformer (patch 2), a VAE with SD3's 16
+    latent channels, scaling and shift and one 2x downsampling (latents image/2), two CLIP
+    text encoders with projection (their widths side by side fill the joint attention
+    width; their pooled outputs the pooled projection)."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=image_size,
+        scaling_factor=1.5305,
+        shift_factor=0.0609,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        mid_block_add_attention=False,
+    )
+    heads = 4
+    transformer = SD3Transformer2DModel(
+        sample_size=image_size // 2,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=layers,
+        attention_head_dim=width // heads,
+        num_attention_heads=heads,
+        joint_attention_dim=2 * text_width,
+        caption_projection_dim=width,
+        pooled_projection_dim=2 * text_width,
+        pos_embed_max_size=image_size // 2,
+    )
+    encoders = [
+        CLIPTextModelWithProjection(
+            CLIPTextConfig(
+                vocab_size=49408,
+                hidden_size=text_width,
+                intermediate_size=text_width * 2,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=max_length,
+                projection_dim=text_width,
+            )
+        )
+        for _ in range(2)
+    ]
+    tokenizer = clip_tokenizer(max_length)  # SD3's two CLIP tokenizers are the same BPE
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=sd3_scheduler(),
+        vae=vae,
+        text_encoder=encoders[0],
+        tokenizer=tokenizer,
+        text_encoder_2=encoders[1],
+        tokenizer_2=tokenizer,
+        text_encoder_3=None,
+        tokenizer_3=None,
     )

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.ddim import ddim_step_with_logprob, noise_step_weights
+from diffusion.ddim import noise_step_weights
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
-from diffusion.sampler import derive_seed, guided_noise
+from diffusion.sampler import derive_seed
 from diffusion.trajectory import TrajectoryBatch
 from learner import losses, onpolicy
 from learner.distributed import Collective, mean_share, shard
@@ -102,10 +102,8 @@ class PolicyTrainer:
         x_next = batch.chain[rows, steps + 1].to(m.device, m.dtype)
         t = batch.timesteps[steps]
         args = (x, t.to(m.device), cond, uncond.expand(len(rows), -1, -1))
-        eps = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
-        _, lp = ddim_step_with_logprob(
-            m.scheduler, eps, t, x, eta=self.cfg.sampling.eta, prev_sample=x_next
-        )
+        eps = m.predict(*args, self.cfg.sampling.guidance_scale)
+        _, lp = m.step(eps, t, x, self.cfg.sampling.eta, prev_sample=x_next)
         if not with_kl:
             return lp.float(), None
         if base_mean is None:
@@ -115,9 +113,7 @@ class PolicyTrainer:
         # scheduler's (any prediction type), and the std is read off the log-density at the
         # policy's own mean, -log(std) - log(sqrt(2 pi))
         eta = self.cfg.sampling.eta
-        mean, at_own = ddim_step_with_logprob(
-            m.scheduler, eps, t, x, eta=eta, noise=torch.zeros_like(x)
-        )
+        mean, at_own = m.step(eps, t, x, eta, noise=torch.zeros_like(x))
         var = torch.exp(-2.0 * (at_own.detach().double() + 0.5 * math.log(2 * math.pi)))
         gap = (mean.float() - base_mean.to(mean.device).float()).pow(2)
         return lp.float(), gap.mean(dim=tuple(range(1, x.ndim))) / (2.0 * var.float())
@@ -132,11 +128,11 @@ class PolicyTrainer:
         m.unet.disable_adapters()
         try:
             args = (x, t.to(m.device), cond, uncond.expand(len(x), -1, -1))
-            base = guided_noise(m.unet, *args, self.cfg.sampling.guidance_scale)
+            base = m.predict(*args, self.cfg.sampling.guidance_scale)
         finally:
             m.unet.enable_adapters()
         eta, zero = self.cfg.sampling.eta, torch.zeros_like(x)
-        return ddim_step_with_logprob(m.scheduler, base, t, x, eta=eta, noise=zero)[0]
+        return m.step(base, t, x, eta, noise=zero)[0]
 
     def _base_means(
         self,

@@ -1,0 +1,46 @@
+"""A tiny random SD3 pipeline folder (no T5) and the project's model loaded from it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory) -> str:
+    from diffusion.tiny import tiny_sd3_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_sd3") / "pipeline"
+    tiny_sd3_pipeline(seed=0).save_pretrained(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def _tiny_sd3_once(tiny_sd3_dir):
+    from configs.schema import ModelConfig
+    from diffusion.pipeline import load_model
+
+    return load_model(ModelConfig(pretrained=tiny_sd3_dir), torch.device("cpu"))
+
+
+@pytest.fixture()
+def tiny_sd3(_tiny_sd3_once):
+    """A fresh copy per test: trainers attach LoRA to the transformer in place."""
+    return copy.deepcopy(_tiny_sd3_once)
+
+
+@pytest.fixture()
+def sd3_cfg(tiny_cfg, tiny_sd3_dir):
+    """The tiny SD world's config on the SD3 pipeline (flow noise level 0.7), smaller: 4
+    steps, 2 trunks x 3 branches, two stages training the last 2, then 3 steps."""
+    sampling = {"eta": 0.7, "num_steps": 4, "trunks_per_stage": 2, "branches": 3}
+    return tiny_cfg.model_copy(
+        update={
+            "stages": 2,
+            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_sd3_dir}),
+            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
+            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
+        }
+    )

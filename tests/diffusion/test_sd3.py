@@ -1,0 +1,128 @@
+"""The sd3 family on a tiny random SD3 pipeline: loading, sampling, LoRA export, B² stages."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline
+
+from configs.schema import ModelConfig
+from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
+from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
+from diffusion.sampler import sample_branches
+from learner.advantages import Advantages
+from learner.stage import run_in_process, sampler_settings
+from learner.update import PolicyTrainer
+
+CPU = torch.device("cpu")
+
+
+def _stock(path: str) -> StableDiffusion3Pipeline:
+    # diffusers loads an SD3 folder without T5 when the T5 parts are passed as None
+    return StableDiffusion3Pipeline.from_pretrained(
+        path, local_files_only=True, text_encoder_3=None, tokenizer_3=None
+    )
+
+
+def test_project_ode_equals_the_stock_pipeline(tiny_sd3, tiny_sd3_dir):
+    m = tiny_sd3
+    assert m.family.name == "sd3" and m.latent_shape == (16, 16, 16)
+    assert m.text_encoder_3 is None
+    x_T = torch.randn(1, *m.latent_shape, generator=torch.Generator().manual_seed(0))
+    stock = _stock(tiny_sd3_dir)
+    call = dict(num_inference_steps=3, guidance_scale=3.0, height=32, width=32)
+    theirs = stock("a red circle", latents=x_T.clone(), output_type="latent", **call).images
+    vae = stock.vae.config
+    with torch.no_grad():
+        images = stock.vae.decode(theirs / vae.scaling_factor + vae.shift_factor).sample
+
+    m.scheduler.set_timesteps(3, device="cpu")
+    cond, uncond = m.encode_prompts(["a red circle"]), m.encode_prompts([""])
+    x = x_T
+    for t in m.scheduler.timesteps.long():
+        v = m.predict(x, t.expand(1), cond, uncond, 3.0)
+        x, lp = m.step(v, t, x, 0.7, noise=torch.zeros_like(x), recorded=False)
+        assert lp is None  # the ODE step has no density
+    assert torch.allclose(x, theirs, atol=1e-5)
+    ours = m.decode(x).float()
+    assert (ours - ((images / 2 + 0.5).clamp(0, 1) * 255).round()).abs().max() <= 1
+
+
+def test_unsupported_pipeline_class_is_refused_in_one_line(tmp_path):
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    with pytest.raises(PipelineLoadError) as exc:
+        load_model(ModelConfig(pretrained=str(tmp_path)), CPU)
+    msg = str(exc.value)
+    assert "\n" not in msg and "'FluxPipeline'" in msg
+    assert "StableDiffusionPipeline" in msg and "StableDiffusion3Pipeline" in msg
+
+
+def test_lora_export_loads_in_the_stock_sd3_pipeline(tiny_sd3, tiny_sd3_dir, sd3_cfg, tmp_path):
+    # every attention projection of the MM-DiT, image and text stream; scale alpha/rank = 2
+    lora = sd3_cfg.train.lora.model_copy(
+        update={"targets": list(tiny_sd3.family.lora_targets), "alpha": 8.0}
+    )
+    attach_lora(tiny_sd3.unet, lora, seed=0)
+    g = torch.Generator().manual_seed(0)
+    state = {
+        k: torch.randn(v.shape, generator=g) * 0.3 for k, v in lora_state(tiny_sd3.unet).items()
+    }
+    assert any(".add_q_proj." in k for k in state) and any(".to_add_out." in k for k in state)
+    load_lora_state(tiny_sd3.unet, state)
+    path = export_lora(state, lora, tmp_path / "lora")  # the family read off the names
+
+    stock = _stock(tiny_sd3_dir)
+    stock.load_lora_weights(str(tmp_path / "lora"), weight_name=path.name)
+    fresh = from_pipeline(stock, CPU, torch.float32)
+    st = sampler_settings(sd3_cfg, 0)
+    ours = sample_branches(tiny_sd3, ["a red circle"], [0], st, seed=5, stage=0)
+    theirs = sample_branches(fresh, ["a red circle"], [0], st, seed=5, stage=0)
+    assert torch.allclose(ours.chain, theirs.chain, atol=1e-5)
+    assert (ours.images.int() - theirs.images.int()).abs().max() <= 1
+    base = from_pipeline(_stock(tiny_sd3_dir), CPU, torch.float32)
+    plain = sample_branches(base, ["a red circle"], [0], st, seed=5, stage=0)
+    assert not torch.allclose(plain.chain, ours.chain, atol=1e-3)  # the LoRA does something
+
+
+def test_branches_share_an_ode_trunk_and_recompute_to_ratio_one(tiny_sd3, sd3_cfg):
+    trainer = PolicyTrainer(tiny_sd3, sd3_cfg)
+    st = sampler_settings(sd3_cfg, 0)
+    assert st.split_step >= 1 and st.interval[0] >= 1  # a trunk, then branches
+    prompts = ["a red circle", "a blue square"]
+    batch = sample_branches(tiny_sd3, prompts, [0, 1], st, seed=3, stage=0)
+    K, s = sd3_cfg.sampling.branches, st.split_step
+    assert batch.chain.shape == (2 * K, s + 1, 16, 16, 16) and batch.log_probs.shape == (2 * K, s)
+    assert batch.images.shape == (2 * K, 3, 32, 32)
+    for tid in (0, 1):
+        rows = (batch.trunk_ids == tid).nonzero().flatten()
+        first = batch.chain[rows, 0]
+        assert torch.equal(first, first[:1].expand_as(first))
+        assert not torch.allclose(batch.chain[rows[0], 1], batch.chain[rows[1], 1])
+    # the trunk is the ODE: its noise draws do not matter, x_T's do
+    other = sample_branches(tiny_sd3, prompts, [0, 1], st, seed=4, stage=0)
+    assert not torch.allclose(other.chain[:, 0], batch.chain[:, 0])
+
+    ratio = torch.exp(trainer.log_probs(batch) - batch.log_probs)
+    assert (ratio - 1).abs().max() <= 1e-5
+
+
+def test_two_b2_stages_train_the_sd3_lora_in_process(tiny_sd3, sd3_cfg):
+    trainer = PolicyTrainer(tiny_sd3, sd3_cfg)
+    adv = Advantages(sd3_cfg.advantage)
+    before = {k: v.clone() for k, v in trainer.weights().items()}
+
+    def brightness(images, prompts):
+        return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
+
+    prompts = ["a red circle", "a blue square"]
+    splits = []
+    for stage in range(2):
+        res = run_in_process(trainer, adv, brightness, prompts, sd3_cfg, stage=stage)
+        m = res.metrics()
+        assert np.isfinite(m["loss"]) and m["optimizer_steps"] >= 1
+        assert m["onpolicy_ratio_dev_max"] <= 1e-5  # the sampler's log-probs, recomputed
+        splits.append(res.split_step)
+    assert splits == [2, 3]  # backward: the interval grows towards x_T
+    after = trainer.weights()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
