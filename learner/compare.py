@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,9 +222,11 @@ def side_by_side(
     n_prompts: int = 6,
     seed: int = 1234,
     prompts: list[str] | None = None,
+    targets: list | None = None,
 ) -> Path:
     """The same test prompts and noise for every run: rows are prompts, columns runs. The
-    prompts: the given ones, else the first run's held-out (test) prompts."""
+    prompts: the given ones, else the first run's held-out (test) prompts. `targets`: the
+    runs' checkpoints as `learner.evaluate.resolve` gives them (default: resolved here)."""
     from learner.evaluate import Evaluator, resolve
     from learner.grid import save_grid
     from learner.prompts import load_prompts
@@ -230,8 +234,9 @@ def side_by_side(
     columns = []
     if prompts is not None:
         prompts = prompts[:n_prompts]
-    for r in runs:
-        ev = Evaluator(resolve(str(r.run_dir), None, []))
+    targets = targets or [resolve(str(r.run_dir), None, []) for r in runs]
+    for target in targets:
+        ev = Evaluator(target)
         if prompts is None:
             prompts = load_prompts(ev.target.cfg.prompts.test)[:n_prompts]
         images, _ = ev.sample(prompts, 1, seed)
@@ -249,23 +254,50 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("comparison"), help="default: comparison/")
     p.add_argument("--no-images", action="store_true", help="skip the side-by-side grid")
     args = p.parse_args(argv)
+    from learner.evaluate import resolve
+    from learner.main import user_errors
+
+    if args.out.exists() and not args.out.is_dir():
+        print(f"error: --out {args.out}: is a file; give a directory", file=sys.stderr)
+        return 2
+    made = not args.out.exists()
     try:
         runs = [load_run(resolve_run(r)) for r in args.runs]
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_reward(runs, args.out)
-    plot_eval(runs, args.out)
-    if not args.no_images:
-        side_by_side(runs, args.out)
-    path = write_table(runs, args.out)
-    print(path.read_text())
+        # every checkpoint read (and its checksums checked) before anything is drawn
+        targets = None if args.no_images else [resolve(str(r.run_dir), None, []) for r in runs]
+        write_all(runs, args.out, targets)
+    except (ValueError, FileNotFoundError, *user_errors()) as exc:
+        return _failed(str(exc), args.out, made)
+    except OSError as exc:
+        return _failed(f"--out {args.out}: cannot write the comparison ({exc})", args.out, made)
+    print((args.out / "comparison.md").read_text())
     print(
         f"wrote {args.out}/comparison.md, reward.png, eval.png"
         + ("" if args.no_images else ", side_by_side.png")
     )
     return 0
+
+
+def write_all(runs: list[RunData], out: Path, targets: list | None) -> None:
+    """Every file of the comparison, made in a scratch folder inside `out` and moved into
+    place only when all are made: a failure half-way leaves `out` as it was."""
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".comparison-") as scratch:
+        staged = Path(scratch)
+        plot_reward(runs, staged)
+        plot_eval(runs, staged)
+        if targets is not None:
+            side_by_side(runs, staged, targets=targets)
+        write_table(runs, staged)
+        for f in sorted(staged.iterdir()):
+            os.replace(f, out / f.name)
+
+
+def _failed(message: str, out: Path, made: bool) -> int:
+    if made and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # the folder this call made, still empty
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

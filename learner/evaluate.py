@@ -23,13 +23,14 @@ import json
 import math
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from configs.load import load_config
+from configs.load import ConfigError, load_config
 from configs.schema import Config, RewardTerm
 from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model
@@ -39,6 +40,9 @@ from learner.prompts import load_prompts
 from toyworld.grammar import in_grammar
 
 EVAL_STAGE = 1_000_000  # a noise stream no training stage uses
+# a split's images are held in memory together (uint8; 0.8 MB each at 512 x 512)
+MAX_IMAGES_PER_SPLIT = 20_000
+TOO_MANY = f"at most {MAX_IMAGES_PER_SPLIT} images per split (held in memory together)"
 METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
 
 
@@ -148,16 +152,18 @@ def images_per_prompt(
 ) -> dict[str, int]:
     """Images per prompt for each split: `per_prompt` in every split, or enough for
     `per_split` images in each (ceil(per_split / its prompts))."""
-    if per_prompt is not None:
-        return {split: per_prompt for split in splits}
-    if per_split is None:
+    if per_prompt is None and per_split is None:
         raise ValueError("images_per_prompt: give per_prompt or per_split")
-    return {
-        split: math.ceil(
-            per_split / len(load_prompts(getattr(cfg.prompts, split), f"prompts.{split}"))
-        )
-        for split in splits
-    }
+    counts = {}
+    for split in splits:
+        prompts = len(load_prompts(getattr(cfg.prompts, split), f"prompts.{split}"))
+        counts[split] = per_prompt if per_prompt is not None else math.ceil(per_split / prompts)
+        if counts[split] * prompts > MAX_IMAGES_PER_SPLIT:
+            raise ConfigError(
+                f"--images-per-prompt {counts[split]}: {counts[split] * prompts} images for "
+                f"the {prompts} prompts of split {split}; {TOO_MANY}"
+            )
+    return counts
 
 
 def add_size_flags(p: argparse.ArgumentParser, per_split_default: int | None = None) -> None:
@@ -174,13 +180,29 @@ def add_size_flags(p: argparse.ArgumentParser, per_split_default: int | None = N
 
 
 def size_error(args: argparse.Namespace) -> str | None:
-    """The one-line complaint about a size flag below 1, if any."""
+    """The one-line complaint about a size flag below 1 or above MAX_IMAGES_PER_SPLIT."""
     for flag, value in (
         ("--images-per-prompt", args.images_per_prompt),
         ("--images-per-split", args.images_per_split),
     ):
         if value is not None and value < 1:
             return f"{flag} {value}: must be >= 1"
+        if value is not None and value > MAX_IMAGES_PER_SPLIT:
+            return f"{flag} {value}: {TOO_MANY}"
+    return None
+
+
+def writable_error(json_path: Path) -> str | None:
+    """Why the result could not be written to `json_path` (None: it can), found before
+    any image is sampled: its folder is made and a scratch file written and removed."""
+    if json_path.is_dir():
+        return f"{json_path}: is a directory; --json takes a file name"
+    try:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=json_path.parent, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        return f"{json_path.parent}: cannot write the evaluation there ({exc.strerror or exc})"
     return None
 
 
@@ -301,14 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         counts = images_per_prompt(
             target.cfg, splits, args.images_per_prompt, args.images_per_split
         )
+        out_dir = (
+            target.run_dir / "eval" if target.run_dir else Path(target.cfg.output_dir) / "eval"
+        )
+        json_path = args.json or out_dir / result_name(target.label, args)
+        if err := writable_error(json_path):
+            raise ConfigError(err)
         result = evaluate(target, splits, counts, args.seed)
     except (*user_errors(), ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print_table(result)
-    out_dir = target.run_dir / "eval" if target.run_dir else Path(target.cfg.output_dir) / "eval"
-    json_path = args.json or out_dir / result_name(target.label, args)
-    save_result(target, result, json_path, mlflow=not args.no_mlflow)
+    try:
+        save_result(target, result, json_path, mlflow=not args.no_mlflow)
+    except OSError as exc:  # the disk filled, or the folder went, while sampling
+        print(f"error: {json_path}: cannot write the evaluation ({exc})", file=sys.stderr)
+        return 2
     print(f"\nwrote {json_path}")
     return 0
 
