@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,17 +113,12 @@ def save(run_dir: Path, state: LearnerState) -> Path:
 
 
 def load(path: Path) -> LearnerState:
-    meta_path = path / "state.json"
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{meta_path}: missing; not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{meta_path}: unreadable ({exc})") from None
+    why = problem(path)
+    if why is not None:
+        raise CheckpointError(f"{why}; not a complete checkpoint")
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
     for name in FILES:
         file = path / name
-        if not file.is_file():
-            raise CheckpointError(f"{file}: missing from the checkpoint")
         if sha256(file) != meta["checksums"].get(name):
             raise CheckpointError(f"{file}: checksum does not match state.json; refusing it")
     lora = load_file(path / FILES[0])
@@ -141,14 +138,69 @@ def load(path: Path) -> LearnerState:
     )
 
 
-def latest(run_dir: Path) -> Path | None:
-    """The last complete stage checkpoint of a run (temporary leftovers are ignored)."""
+META_KEYS = ("stage", "split_step", "version", "advantages", "optimizer", "checksums")
+
+
+def problem(path: Path) -> str | None:
+    """Why stage directory `path` is not a complete checkpoint (one line), None if it is:
+    a state.json that parses, holds every field for this stage, and the two tensor files.
+    Checksums are verified by `load`."""
+    meta_path = path / "state.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{meta_path}: missing"
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+        return f"{meta_path}: unreadable ({str(exc).splitlines()[0][:120]})"
+    if (
+        not isinstance(meta, dict)
+        or any(k not in meta for k in META_KEYS)
+        or not isinstance(meta["checksums"], dict)
+        or not isinstance(meta["optimizer"], dict)
+        or any(k not in meta["optimizer"] for k in ("param_groups", "scalars"))
+    ):
+        return f"{meta_path}: malformed (needs the fields {', '.join(META_KEYS)})"
+    number = path.name[len(STAGE_PREFIX) :]
+    if path.name.startswith(STAGE_PREFIX) and number.isdigit() and meta["stage"] != int(number):
+        return f"{meta_path}: holds stage {meta['stage']!r}, not {int(number)}"
+    missing = [name for name in FILES if not (path / name).is_file()]
+    return f"{path / missing[0]}: missing" if missing else None
+
+
+def latest(run_dir: Path, on_skip: Callable[[str], None] | None = None) -> Path | None:
+    """The last complete stage checkpoint of a run. Temporary leftovers are ignored; a stage
+    directory that is not complete (a malformed state.json, say) falls back to the stage
+    before it, with `on_skip` told why in one line."""
     root = run_dir / "stages"
     if not root.is_dir():
         return None
-    done = sorted(
+    stages = sorted(
         p
         for p in root.iterdir()
-        if p.is_dir() and p.name.startswith(STAGE_PREFIX) and (p / "state.json").is_file()
+        if p.is_dir() and p.name.startswith(STAGE_PREFIX) and p.name[len(STAGE_PREFIX) :].isdigit()
     )
-    return done[-1] if done else None
+    for path in reversed(stages):
+        why = problem(path)
+        if why is None:
+            return path
+        if on_skip is not None:
+            on_skip(f"{why}; not a complete checkpoint, falling back to the stage before")
+    return None
+
+
+class TrainingDiverged(RuntimeError):
+    """A stage ended in a non-finite loss or LoRA; str() is one line."""
+
+
+def non_finite(loss: float, lora: dict[str, torch.Tensor], loss_scaled: bool) -> str | None:
+    """What is not finite after a stage (None: all is). With fp16 loss scaling
+    (`loss_scaled`) an overflowing step is skipped by the scaler, so there only the LoRA
+    counts; elsewhere a non-finite loss has already reached the weights' gradients."""
+    bad = [name for name, t in lora.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        return (
+            f"the LoRA holds non-finite values ({len(bad)} of {len(lora)} tensors, e.g. {bad[0]})"
+        )
+    if not loss_scaled and not math.isfinite(loss):
+        return f"the loss is {loss}"
+    return None

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -35,7 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from configs.load import ConfigError
     from diffusion.lora import LoraShapeError
     from diffusion.pipeline import PipelineLoadError
-    from learner.checkpoint import CheckpointError
+    from learner.checkpoint import CheckpointError, TrainingDiverged
     from learner.driver import RewardFailure, RuntimeSetupError
     from learner.outputs import OutputError
     from learner.prompts import PromptFileError
@@ -55,7 +57,45 @@ def user_errors() -> tuple[type[Exception], ...]:
         RuntimeSetupError,
         RewardFailure,
         NonFiniteReward,
+        TrainingDiverged,
     )
+
+
+class _Signals:
+    """SIGTERM (a scheduler, `kill`, a pod stopping) stops the run as Ctrl-C does: Python
+    unwinds, actors and Ray are shut down, the checkpoints stay, and the command says how
+    to resume. Which signal came is remembered for the exit code."""
+
+    def __init__(self) -> None:
+        self.received = "SIGINT"
+        self.previous = signal.getsignal(signal.SIGTERM)
+        # handlers can be set only from the main thread (main() called from another: not)
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self) -> _Signals:
+        if self.active:
+            signal.signal(signal.SIGTERM, self._terminate)
+        return self
+
+    def _terminate(self, signum, frame) -> None:
+        if self.received != "SIGTERM":
+            self.received = "SIGTERM"
+            raise KeyboardInterrupt("SIGTERM")
+
+    def __exit__(self, *exc) -> None:
+        if self.active:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _interrupted(sig: str, run_dir: Path | None) -> int:
+    from learner import checkpoint
+
+    if run_dir is not None and checkpoint.latest(run_dir) is not None:
+        hint = f"continue with: python -m learner.main --resume {run_dir.resolve()}"
+    else:
+        hint = "no stage had finished; nothing to resume"
+    print(f"interrupted ({sig}); {hint}", file=sys.stderr)
+    return 143 if sig == "SIGTERM" else 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,26 +108,32 @@ def main(argv: list[str] | None = None) -> int:
     from learner.preflight import preflight
     from learner.run import execute, prepare
 
-    try:
-        cfg = None
-        if args.config is not None or args.resume is None:
-            cfg = load_config(args.config, args.overrides)
-        if args.resume is not None:
-            check_job_path("--resume", args.resume)
-        cfg, run_dir, resuming = prepare(cfg, args.resume, args.overrides, args.force)
-        outputs = resolve_outputs(cfg.output_dir)
+    def checks(cfg) -> None:
+        resolve_outputs(cfg.output_dir)
         preflight(cfg)
-        print(f"run directory: {run_dir.resolve()}", flush=True)
-        if cfg.logging.mlflow:
-            uri = describe_uri(run_tracking_uri(run_dir, outputs))
-            print(f"MLflow: {uri} (experiment {cfg.logging.experiment})", flush=True)
-        summary = execute(cfg, run_dir, resuming, outputs=outputs)
-    except user_errors() as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume RUN_DIR", file=sys.stderr)
-        return 130
+
+    run_dir = None
+    with _Signals() as signals:
+        try:
+            cfg = None
+            if args.config is not None or args.resume is None:
+                cfg = load_config(args.config, args.overrides)
+            if args.resume is not None:
+                check_job_path("--resume", args.resume)
+            cfg, run_dir, resuming = prepare(
+                cfg, args.resume, args.overrides, args.force, check=checks
+            )
+            outputs = resolve_outputs(cfg.output_dir)
+            print(f"run directory: {run_dir.resolve()}", flush=True)
+            if cfg.logging.mlflow:
+                uri = describe_uri(run_tracking_uri(run_dir, outputs))
+                print(f"MLflow: {uri} (experiment {cfg.logging.experiment})", flush=True)
+            summary = execute(cfg, run_dir, resuming, outputs=outputs)
+        except user_errors() as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return _interrupted(signals.received, run_dir)
     print(f"\ndone: {summary['stages_completed']} stages in {summary['seconds']:.0f} s")
     print(f"  results:  {summary['run_dir']}  (summary.json, metrics.jsonl, grids/, stages/)")
     print(f"  LoRA:     {summary['lora']}")

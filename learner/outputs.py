@@ -10,8 +10,10 @@ store, goes into `OUTPUT_DIR/mlflow.db` (artifacts in `OUTPUT_DIR/mlartifacts`).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,7 +24,7 @@ REMOTE_SCHEMES = ("http", "https", "databricks", "postgresql", "mysql", "mssql")
 
 
 class OutputError(ValueError):
-    """Outputs that would not outlive the job; str() is one line."""
+    """Outputs that cannot be written or would not outlive the job; str() is one line."""
 
 
 @dataclass(frozen=True)
@@ -129,3 +131,64 @@ def describe_uri(uri: str | None) -> str:
         return mlflow.get_tracking_uri()
     except Exception:  # noqa: BLE001 - only used to say where metrics go
         return "(MLflow unavailable)"
+
+
+# a full or read-only disk, or no permission: said in one line wherever a write meets them
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def write_synced(path: Path, text: str) -> None:
+    """Write `path` under a temporary name, fsync it and rename it into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def claim_run_dir(output_dir: str, name: str, generated: bool, config_text: str) -> Path:
+    """Create the run directory with os.mkdir, which fails for all but one of several runs
+    claiming the same path, and write its config.yaml (a full or read-only disk shows here,
+    before Ray starts). A taken generated name gets a suffix (-2, -3, ...); a taken given
+    name is refused."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise OutputError(f"output_dir={output_dir!r} is a file, not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"output_dir={output_dir!r}: cannot create it ({_reason(exc)})") from None
+    for n in range(1, 1000):
+        run_dir = root / (name if n == 1 else f"{name}-{n}")
+        try:
+            os.mkdir(run_dir)
+            break
+        except FileExistsError:
+            if not generated:
+                raise OutputError(
+                    f"run directory {run_dir} exists (another run has it); use --resume "
+                    f"{run_dir} or a new run_name"
+                ) from None
+        except OSError as exc:
+            raise OutputError(
+                f"output_dir={output_dir!r}: cannot create the run directory {run_dir} "
+                f"({_reason(exc)})"
+            ) from None
+    else:
+        raise OutputError(f"output_dir={output_dir!r}: {name}-2 ... {name}-999 all exist")
+    try:
+        write_synced(run_dir / "config.yaml", config_text)
+    except OSError as exc:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise OutputError(
+            f"output_dir={output_dir!r}: cannot write into {run_dir} ({_reason(exc)})"
+        ) from None
+    return run_dir

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,19 +20,30 @@ from configs.schema import Config
 from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint, onpolicy
 from learner.advantages import convert_prompt_memory
-from learner.checkpoint import LearnerState
+from learner.checkpoint import LearnerState, TrainingDiverged
 from learner.driver import Cluster, StageRunner
 from learner.learner_group import LearnerLost
-from learner.outputs import Outputs, resolve_outputs, run_tracking_uri
+from learner.outputs import (
+    WRITE_ERRNOS,
+    OutputError,
+    Outputs,
+    claim_run_dir,
+    resolve_outputs,
+    run_tracking_uri,
+)
 from learner.progress import Progress
 from learner.prompts import load_prompts
+from learner.resume import (
+    RESUMABLE_KEYS,
+    already_trained,
+    config_diff,
+    repair_metrics,
+    save_config,
+)
 from learner.schedule import split_step
 from learner.stage import stage_rows
 from learner.tracking import Tracker
 from learner.training_grid import save_training_grid
-
-# config keys a resumed run may change without --force (how long and where to log)
-RESUMABLE_KEYS = {"stages", "logging", "runtime", "output_dir", "run_name"}
 
 
 class ResumeError(RuntimeError):
@@ -44,12 +57,24 @@ def connect(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(log_to_driver=True)
-        return True
-    from learner.ray_auth import private_token_file
+    # ray.init installs its own SIGTERM handler (a C++ stack dump, no cleanup); a handler
+    # the command set (learner.main: stop cleanly, say how to resume) is put back
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(log_to_driver=True)
+        else:
+            from learner.ray_auth import private_token_file
 
-    private_token_file()  # before ray.init writes one any user could read
+            private_token_file()  # before ray.init writes one any user could read
+            _init_local(cfg)
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+    return True
+
+
+def _init_local(cfg: Config) -> None:
     rt = cfg.runtime
     cpus = (
         rt.rollout_actors * rt.rollout_cpus
@@ -65,54 +90,50 @@ def connect(cfg: Config) -> bool:
         configure_logging=True,
         logging_level="warning",
     )
-    return True
-
-
-def _training_view(cfg: Config) -> dict:
-    """The config as training sees it: the held-out prompts (prompts.test) are read only
-    by evaluation, so a run stays the same run when they change."""
-    d = cfg.model_dump(mode="json")
-    d["prompts"] = {k: v for k, v in d["prompts"].items() if k != "test"}
-    return d
-
-
-def config_diff(a: Config, b: Config) -> str | None:
-    """The first top-level key at which two configs train differently (None: the same run,
-    up to RESUMABLE_KEYS and the held-out prompts)."""
-    da, db = _training_view(a), _training_view(b)
-    for key in da:
-        if key not in RESUMABLE_KEYS and da[key] != db[key]:
-            return key
-    return None
 
 
 def prepare(
-    cfg: Config | None, resume: Path | None, overrides: list[str], force: bool
+    cfg: Config | None,
+    resume: Path | None,
+    overrides: list[str],
+    force: bool,
+    check: Callable[[Config], None] | None = None,
 ) -> tuple[Config, Path, bool]:
-    """Validate everything that can be checked before anything is written."""
+    """Validate what can be checked before anything is written (`check`: the command's
+    further checks), then claim a new run's directory. On resume, the training config (all
+    but RESUMABLE_KEYS) changes only with `force`, from --config or from --set alike."""
     if resume is not None:
         saved = resume / "config.yaml"
         if not saved.is_file():
             raise ResumeError(f"--resume {resume}: no config.yaml there; not a run directory")
         resumed = load_config(saved, overrides)
-        if cfg is not None and not force:
+        if not force and cfg is not None:
             key = config_diff(cfg, resumed)
             if key:
                 raise ResumeError(
                     f"--resume {resume}: its config differs from the given one at '{key}'; "
                     "pass --force to resume anyway"
                 )
-        return (cfg if cfg is not None and force else resumed), resume, True
+        if not force and cfg is None:
+            key = config_diff(load_config(saved), resumed)
+            if key:
+                raise ResumeError(
+                    f"--resume {resume}: --set changes how it trains, at '{key}' (a resume "
+                    f"may change {', '.join(sorted(RESUMABLE_KEYS))}); pass --force to "
+                    "resume anyway"
+                )
+        cfg = cfg if cfg is not None and force else resumed
+        if check is not None:
+            check(cfg)
+        return cfg, resume, True
     assert cfg is not None
+    if check is not None:
+        check(cfg)
+    generated = not cfg.run_name
     name = cfg.run_name or (
         f"{cfg.algorithm}-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-s{cfg.seed}"
     )
-    run_dir = Path(cfg.output_dir) / name
-    if run_dir.exists():
-        raise ResumeError(
-            f"run directory {run_dir} exists; use --resume {run_dir} or a new run_name"
-        )
-    return cfg, run_dir, False
+    return cfg, claim_run_dir(cfg.output_dir, name, generated, dump_config(cfg)), False
 
 
 def execute(
@@ -128,17 +149,33 @@ def execute(
     outputs = outputs or resolve_outputs(cfg.output_dir)
     load_prompts(cfg.prompts.test, "prompts.test")
     start_stage, state, last = 0, None, None
+    last_stage = cfg.stages - 1 if stop_after is None else min(stop_after, cfg.stages - 1)
     if resuming:
-        last = checkpoint.latest(run_dir)
+        last = checkpoint.latest(run_dir, lambda why: print(f"warning: {why}", file=sys.stderr))
         if last is not None:
             state = load_state(cfg, last)
             start_stage = state.stage + 1
+        dropped = repair_metrics(run_dir / "metrics.jsonl", start_stage - 1)
+        if dropped:
+            print(
+                f"warning: {run_dir / 'metrics.jsonl'}: dropped {dropped} record(s) cut short "
+                f"or of stages after the checkpoint resumed from ({last})",
+                file=sys.stderr,
+            )
+        if state is not None and start_stage > last_stage:
+            return already_trained(cfg, run_dir, state)
     started = connect(cfg)
     try:
         return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs)
-    except BaseException:
+    except BaseException as exc:
         if not resuming and checkpoint.latest(run_dir) is None:
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing half-written stays behind
+        if isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS:
+            kept = checkpoint.latest(run_dir)
+            raise OutputError(
+                f"{exc.filename or run_dir}: {exc.strerror}; the run stopped"
+                + (f"; continue with --resume {run_dir} once it is fixed" if kept else "")
+            ) from None
         raise
     finally:
         if started:
@@ -163,8 +200,7 @@ def load_state(cfg: Config, path: Path) -> LearnerState:
 def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs) -> dict:
     train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
     cluster = Cluster(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+    save_config(run_dir, cfg, start_stage)
     info_path = run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     tracker = Tracker(
@@ -218,6 +254,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
                     out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
                 )
                 tracker.artifact(path, "grids")
+            _check_finite(cfg, run_dir, stage, metrics, state_now)
             checkpoint.save(run_dir, state_now)
             metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
             metrics["seconds_stage"] = time.perf_counter() - t0
@@ -287,3 +324,18 @@ def _run_stage(cfg, cluster, runner, run_dir, stage, grid):
             )
             cluster.rebuild_learner(None if last is None else load_state(cfg, last), str(last))
     raise AssertionError("unreachable")
+
+
+def _check_finite(cfg: Config, run_dir: Path, stage: int, metrics: dict, state) -> None:
+    """Stop a diverged run before its non-finite LoRA is saved or exported."""
+    what = checkpoint.non_finite(
+        float(metrics.get("loss", 0.0)), state.lora, cfg.model.autocast == "fp16"
+    )
+    if what is None:
+        return
+    last = checkpoint.latest(run_dir)
+    raise TrainingDiverged(
+        f"stage {stage + 1}: training diverged, {what}; the run stopped"
+        + (f", its last good checkpoint is {last}" if last else " before any checkpoint")
+        + f"; lower train.lr (now {cfg.train.lr:g}) or loss.clip_range"
+    )
