@@ -5,7 +5,7 @@
 
 Samples one stage of a preset in this process (default: the toy preset's last stage, the
 longest interval) and scores it with the preset's reward, then times the learner's update
-of that stage through `LearnerGroup` with each number of `runtime.learner_workers`, at
+of that stage through `RayLearnerGroup` with each number of `runtime.learner_workers`, at
 `runtime.learner_threads` threads each (default 1), every group restored to the same
 starting state before each timed update (repeats alternate between the groups). It prints
 the seconds (best of the repeats), the ratio to one worker, the bytes each rank all-reduced
@@ -59,7 +59,8 @@ def sample_stage(cfg: Config, stage: int):
 def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
     import ray
 
-    from learner.learner_group import LearnerGroup
+    from learner.learner_group import RayLearnerGroup
+    from learner.records import Selected
 
     batch, adv, sel = sample_stage(cfg, stage)
     ray.init(
@@ -74,7 +75,7 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
         groups = {}
         for n in workers:
             rt = cfg.runtime.model_copy(update={"learner_workers": n, "learner_cpus": 1})
-            groups[n] = LearnerGroup(cfg.model_copy(update={"runtime": rt}))
+            groups[n] = RayLearnerGroup(cfg.model_copy(update={"runtime": rt}))
             groups[n].connect()
         start = {n: g.state(-1, 0) for n, g in groups.items()}
         seconds: dict[int, list[float]] = {n: [] for n in workers}
@@ -85,7 +86,7 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
                 g.restore(start[n], "bench start")
                 before, cpu0 = g.comm_bytes(), g.cpu_seconds()
                 t0 = time.perf_counter()
-                stats = g.update(stage, adv, sel, ref)
+                stats = g.update(stage, Selected(adv, sel), [ref])
                 seconds[n].append(time.perf_counter() - t0)
                 after, cpu1 = g.comm_bytes(), g.cpu_seconds()
                 cpu[n].append([b - a for a, b in zip(cpu0, cpu1, strict=True)])

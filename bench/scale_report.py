@@ -105,7 +105,7 @@ def stage_works(cfg, selected: int | None = None) -> list[StageWork]:
     trunks = s.trunks_per_stage
     if selected is None:  # extremes: at most the best and the worst branch of every trunk
         selected = 2 * trunks if cfg.selection.mode == "extremes" else trunks * s.branches
-    per_task = cfg.runtime.trunks_per_task or -(-trunks // 8)  # StageRunner.chunks' rule
+    per_task = cfg.runtime.trunks_per_task or -(-trunks // 8)  # learner.stage.rollout_tasks' rule
     return [
         StageWork(
             num_steps=s.num_steps,

@@ -86,14 +86,15 @@ PHASES = ("weight_sync", "rollout", "reward", "select", "update", "log_checkpoin
 def ray_stages(cfg: Config, stages: int, tmp: Path) -> list[dict]:
     """Run stages through the real driver; return each stage's metrics."""
     from learner import checkpoint
-    from learner.driver import Cluster, StageRunner
+    from learner.driver import Cluster
     from learner.prompts import load_prompts
     from learner.run import connect
+    from learner.stage import run_stage
     from learner.tracking import Tracker
 
     connect(cfg)
     cluster = Cluster(cfg)
-    runner = StageRunner(cfg, cluster, load_prompts(cfg.prompts.train))
+    prompts = load_prompts(cfg.prompts.train)
     tracker = Tracker(
         cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"mlflow": False})}),
         tmp,
@@ -103,13 +104,13 @@ def ray_stages(cfg: Config, stages: int, tmp: Path) -> list[dict]:
     try:
         for stage in range(stages):
             t0 = time.perf_counter()
-            m = runner.run(stage, want_grid=False)
+            metrics = run_stage(cluster.groups, cfg, prompts, stage).metrics()
             t1 = time.perf_counter()
             checkpoint.save(tmp, cluster.learner.state(stage, 0))
-            tracker.metrics(stage, m.metrics)
-            m.metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
-            m.metrics["seconds_stage"] = time.perf_counter() - t0
-            out.append(m.metrics)
+            tracker.metrics(stage, metrics)
+            metrics["seconds_log_checkpoint"] = time.perf_counter() - t1
+            metrics["seconds_stage"] = time.perf_counter() - t0
+            out.append(metrics)
     finally:
         cluster.shutdown()
     return out
@@ -119,7 +120,7 @@ def inprocess_stages(cfg: Config, stages: int) -> list[float]:
     """The same stages in this process, no Ray: seconds per stage."""
     from learner.advantages import Advantages
     from learner.prompts import load_prompts
-    from learner.stage import run_stage
+    from learner.stage import run_in_process
     from learner.update import PolicyTrainer
     from rewards.composite import RewardModel
 
@@ -131,7 +132,7 @@ def inprocess_stages(cfg: Config, stages: int) -> list[float]:
     times = []
     for stage in range(stages):
         t0 = time.perf_counter()
-        run_stage(trainer, adv, reward, prompts, cfg, stage)
+        run_in_process(trainer, adv, reward, prompts, cfg, stage)
         times.append(time.perf_counter() - t0)
     return times
 

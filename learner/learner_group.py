@@ -1,8 +1,8 @@
 """The learner as Ray actors: `runtime.learner_workers` ranks of one process group.
 
-Each rank is a `LearnerShell` (the plain `LearnerWorker` plus what Ray needs) on its own
-placement-group bundle. With more than one, rank 0 picks its node's address and a free
-port and every rank joins a torch.distributed group there (NCCL on CUDA, gloo on the CPU);
+Each rank is a `LearnerWorker` actor on its own placement-group bundle. With more than one,
+rank 0 picks its node's address and a free port and every rank joins a torch.distributed
+group there (NCCL on CUDA, gloo on the CPU);
 the update's LoRA gradients are all-reduced by it (`learner.distributed`), never sent
 through the object store. Rank 0 alone keeps the per-prompt reward history, selects,
 publishes the weights (one `ray.put`, one version) and is what a checkpoint saves; every
@@ -11,7 +11,6 @@ rank updates and restores.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import numpy as np
@@ -22,10 +21,9 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from configs.schema import Config
 from diffusion.trajectory import TrajectoryBatch
 from learner.checkpoint import LearnerState
-from learner.distributed import ProcessGroup, free_port
-from learner.selection import Selection
+from learner.learner_worker import LearnerWorker
+from learner.records import PublishedWeights, Rows, Selected
 from learner.update import UpdateStats
-from learner.worker import LearnerWorker
 
 
 class LearnerDivergedError(RuntimeError):
@@ -37,36 +35,20 @@ class LearnerLost(RuntimeError):
     cannot go on without it). The driver rebuilds the group from the last checkpoint."""
 
 
-class LearnerShell(LearnerWorker):
-    def publish(self) -> tuple[int, list]:
-        # wrapped in a list so Ray hands back the reference, not the value
-        return self.version, [ray.put(self.weights())]
+class RayLearnerGroup:
+    """The learner ranks of one run, behind the learner group interface
+    (`learner.groups.LearnerGroup`)."""
 
-    def rendezvous(self) -> tuple[str, int]:
-        """Rank 0's node address and a free port on it, for the others to join at."""
-        address = ray.util.get_node_ip_address()
-        return address, free_port(address)
-
-    def join_group(self, address: str, port: int, rank: int, size: int) -> int:
-        return self.join(ProcessGroup(address, port, rank, size, self.trainer.model.device))
-
-    def comm_bytes(self) -> dict[str, int]:
-        """Bytes this rank all-reduced so far, by kind, and its gradient all-reduces."""
-        g = self.trainer.group
-        return {**getattr(g, "bytes", {}), "grad_reductions": getattr(g, "grad_reductions", 0)}
-
-    def cpu_seconds(self) -> float:
-        """CPU time this rank's process has used (all its threads): its share of the work,
-        whatever else the machine runs."""
-        return time.process_time()
-
-
-class LearnerGroup:
-    """The learner ranks of one run, behind the calls the driver makes on "the learner"."""
-
-    def __init__(self, cfg: Config, placement_group=None, first_bundle: int = 0):
+    def __init__(
+        self,
+        cfg: Config,
+        placement_group=None,
+        first_bundle: int = 0,
+        on_submit: Callable[[str, int, int, object], None] | None = None,
+    ):
         rt = cfg.runtime
         self.cfg = cfg
+        self.on_submit = on_submit  # fault-injection hook for tests ("learner", stage, 0, ranks)
 
         def strategy(i: int):
             if placement_group is None:
@@ -76,7 +58,7 @@ class LearnerGroup:
             )
 
         self.ranks = [
-            ray.remote(LearnerShell)
+            ray.remote(LearnerWorker)
             .options(
                 num_cpus=rt.learner_cpus,
                 num_gpus=rt.learner_gpus,
@@ -134,29 +116,22 @@ class LearnerGroup:
         why = (str(exc).strip().splitlines() or [""])[0][:200] if exc is not None else ""
         raise LearnerLost(f"learner rank {rank} died" + (f" ({why})" if why else ""))
 
-    def publish(self) -> tuple[int, ray.ObjectRef]:
+    def publish(self) -> PublishedWeights:
         ((version, (ref,)),) = self._get([self.lead.publish.remote()])
-        return version, ref
+        return PublishedWeights(version, ref)
 
-    def select(
-        self, prompts: list[str], trunk_ids: np.ndarray, rewards: np.ndarray
-    ) -> tuple[np.ndarray, Selection]:
-        return self._get([self.lead.select.remote(prompts, trunk_ids, rewards)])[0]
+    def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
+        return self._get([self.lead.select.remote(stage, rows, rewards)])[0]
 
     def update(
-        self,
-        stage: int,
-        advantages: np.ndarray,
-        selection: Selection,
-        *parts: ray.ObjectRef | TrajectoryBatch,
-        on_submit: Callable[[list], None] | None = None,
+        self, stage: int, selected: Selected, parts: list[ray.ObjectRef | TrajectoryBatch]
     ) -> UpdateStats:
         """Every rank gets every selected trajectory (its shard changes with each epoch's
         shuffle) and returns the same stats; rank 0's are returned."""
-        adv, sel = ray.put(advantages), ray.put(selection)
-        refs = [a.update.remote(stage, adv, sel, *parts) for a in self.ranks]
-        if on_submit is not None:
-            on_submit(self.ranks)
+        ref = ray.put(selected)
+        refs = [a.update.remote(stage, ref, *parts) for a in self.ranks]
+        if self.on_submit is not None:
+            self.on_submit("learner", stage, 0, self.ranks)
         return self._get(refs)[0]
 
     def state(self, stage: int, split_step: int) -> LearnerState:

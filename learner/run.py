@@ -21,7 +21,7 @@ from diffusion.lora import LoraShapeError, export_lora
 from learner import checkpoint, onpolicy
 from learner.advantages import convert_prompt_memory
 from learner.checkpoint import LearnerState, TrainingDiverged
-from learner.driver import Cluster, StageRunner
+from learner.driver import Cluster
 from learner.learner_group import LearnerLost
 from learner.outputs import (
     WRITE_ERRNOS,
@@ -41,7 +41,7 @@ from learner.resume import (
     save_config,
 )
 from learner.schedule import split_step
-from learner.stage import stage_rows
+from learner.stage import run_stage, stage_rows
 from learner.tracking import Tracker
 from learner.training_grid import save_training_grid
 
@@ -199,7 +199,7 @@ def load_state(cfg: Config, path: Path) -> LearnerState:
 
 def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs) -> dict:
     train_prompts = load_prompts(cfg.prompts.train, "prompts.train")
-    cluster = Cluster(cfg)
+    cluster = Cluster(cfg, on_submit)
     save_config(run_dir, cfg, start_stage)
     info_path = run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
@@ -229,7 +229,6 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             raise (cause if isinstance(cause, LoraShapeError) else exc) from None
         print(f"resuming {run_dir} after stage {state.stage}", flush=True)
 
-    runner = StageRunner(cfg, cluster, train_prompts, on_submit)
     status, metrics, t_run = "FAILED", {}, time.perf_counter()
     print(
         f"b2-diffurl: {cfg.algorithm} on {cfg.model.pretrained}, {cfg.stages} stages x "
@@ -246,13 +245,12 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             grid = cfg.logging.grid_every > 0 and (
                 stage % cfg.logging.grid_every == 0 or stage == cfg.stages - 1
             )
-            out, state_now = _run_stage(cfg, cluster, runner, run_dir, stage, grid)
+            record, state_now = _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid)
             t1 = time.perf_counter()
-            metrics = out.metrics
-            if out.grid_images is not None:
-                path = save_training_grid(
-                    out.grid_images, out.grid_prompts, run_dir / "grids" / f"stage_{stage:04d}.png"
-                )
+            metrics = record.metrics()
+            if record.grid_images is not None:
+                path = run_dir / "grids" / f"stage_{stage:04d}.png"
+                save_training_grid(record.grid_images, record.grid_prompts, path)
                 tracker.artifact(path, "grids")
             _check_finite(cfg, run_dir, stage, metrics, state_now)
             checkpoint.save(run_dir, state_now)
@@ -301,16 +299,16 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     return summary
 
 
-def _run_stage(cfg, cluster, runner, run_dir, stage, grid):
+def _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid):
     """One stage and the learner state it ends in. A learner rank lost on the way (its node
     gone, its process killed) costs a rebuilt learner group, restored from the last
     checkpoint, and the stage run again: its samples depend only on the seeds, so the run
     ends as if nothing had happened."""
     for attempt in range(cfg.runtime.max_restarts + 1):
         try:
-            out = runner.run(stage, grid)
-            out.metrics["learner_rebuilds"] = float(attempt)
-            return out, cluster.learner.state(stage, int(out.metrics["split_step"]))
+            record = run_stage(cluster.groups, cfg, train_prompts, stage, grid)
+            record.learner_rebuilds = attempt
+            return record, cluster.learner.state(stage, record.split_step)
         except LearnerLost as exc:
             if attempt == cfg.runtime.max_restarts:
                 raise LearnerLost(

@@ -1,27 +1,36 @@
-"""One complete stage (sample, score, select, update) in a single process.
+"""One stage of B²-DiffuRL, written once against the three groups (`learner.groups`).
 
-The Ray driver runs the same steps with the sampling and scoring spread over actors; this
-module is the reference for tests and debugging, and the pieces it uses are shared.
+publish the learner's weights -> the rollout group samples the stage's chunks, each
+chunk's images going to the reward group as soon as it is done -> the learner normalises
+and selects -> the rollout group hands over the selected rows -> the learner updates ->
+(every `logging.grid_every` stages) the grid from fixed noise. The same function runs in
+one process (`run_in_process`) and on a Ray cluster (`learner.driver.Cluster.groups`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.sampler import SamplerSettings, UNetCounter, derive_seed, sample_branches
+from diffusion.sampler import SamplerSettings, derive_seed
 from diffusion.trajectory import TrajectoryBatch
 from learner.advantages import Advantages, within_trunk_share
+from learner.groups import (
+    InProcessLearner,
+    InProcessRewards,
+    InProcessRollouts,
+    RewardFn,
+    StageGroups,
+)
+from learner.records import RolloutTask, Rows, Selected
 from learner.schedule import interval
-from learner.selection import Selection, select
+from learner.selection import Selection
+from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows
 from learner.update import PolicyTrainer, UpdateStats
-
-RewardFn = Callable[[torch.Tensor, list[str]], np.ndarray]
 
 
 def sampler_settings(cfg: Config, stage: int) -> SamplerSettings:
@@ -52,6 +61,17 @@ def stage_rows(cfg: Config, prompts: list[str], stage: int) -> list[str]:
     return [p for p in trunks for _ in range(cfg.sampling.branches)]
 
 
+def rollout_tasks(cfg: Config, prompts: list[str], stage: int) -> list[RolloutTask]:
+    """The stage's chunks of trunks: `runtime.trunks_per_task` each (default: an eighth of
+    the stage), whatever the number of workers."""
+    trunks = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
+    per = cfg.runtime.trunks_per_task or -(-len(trunks) // 8)
+    return [
+        RolloutTask(stage, c, trunks[lo : lo + per], list(range(lo, min(lo + per, len(trunks)))))
+        for c, lo in enumerate(range(0, len(trunks), per))
+    ]
+
+
 class NonFiniteReward(ValueError):
     """A scorer returned NaN or infinity; the run stops rather than train on it."""
 
@@ -70,90 +90,139 @@ def check_rewards(rewards: np.ndarray, prompts: list[str]) -> np.ndarray:
 
 
 @dataclass
-class StageResult:
+class StageRecord:
+    """What one stage did. `metrics()` is its flat form for MLflow and metrics.jsonl."""
+
     stage: int
-    split_step: int
-    rewards: np.ndarray
-    advantages: np.ndarray
-    selection: Selection
+    split_step: int  # s_i: the number of steps this stage trained
+    rows: Rows
+    rewards: np.ndarray  # float64 [N], the training reward of every row
+    reward_terms: dict[str, float]  # each reward term's mean, unweighted
+    selected: Selected
     update: UpdateStats
-    unet: UNetCounter
-    seconds: dict[str, float]
-    batch: TrajectoryBatch
+    unet_calls: int
+    unet_evaluations: int
+    rollout_restarts: int
+    bytes_to_learner: int
+    seconds: dict[str, float]  # by phase: weight_sync, rollout, reward, select, update[, grid]
+    grid_prompts: list[str] = field(default_factory=list)
+    grid_images: torch.Tensor | None = None  # uint8 [len(grid_prompts), 3, H, W]
+    learner_rebuilds: int = 0  # learner groups rebuilt to finish the stage (learner.run)
+    batch: TrajectoryBatch | None = None  # in-process only: every row, images included
+
+    @property
+    def selection(self) -> Selection:
+        return self.selected.selection
+
+    @property
+    def advantages(self) -> np.ndarray:
+        return self.selected.advantages
 
     def metrics(self) -> dict[str, float]:
+        sel = self.selection
         out = {
             "split_step": float(self.split_step),
             "reward_mean": float(self.rewards.mean()),
             "reward_std": float(self.rewards.std()),
-            "reward_within_trunk": within_trunk_share(self.rewards, self.batch.trunk_ids.numpy()),
-            "positives": float(self.selection.positives),
-            "negatives": float(self.selection.negatives),
+            "reward_within_trunk": within_trunk_share(self.rewards, self.rows.trunk_ids),
+            "positives": float(sel.positives),
+            "negatives": float(sel.negatives),
             "images": float(len(self.rewards)),
+            "unet_calls": float(self.unet_calls),
+            "unet_evaluations": float(self.unet_evaluations),
+            "rollout_restarts": float(self.rollout_restarts),
+            "bytes_to_learner": float(self.bytes_to_learner),
+            "learner_rebuilds": float(self.learner_rebuilds),
         }
-        out.update({k: float(v) for k, v in self.update.as_dict().items()})
         out.update({f"seconds_{k}": v for k, v in self.seconds.items()})
+        busy = sum(v for k, v in self.seconds.items() if k != "grid")
+        out["images_per_second"] = len(self.rewards) / max(1e-9, busy)
+        out.update({f"reward_{k}": v for k, v in self.reward_terms.items()})
+        out.update({k: float(v) for k, v in self.update.as_dict().items()})
         return out
 
 
-def train_on(
-    trainer: PolicyTrainer,
-    advantages: Advantages,
-    cfg: Config,
-    stage: int,
-    batch: TrajectoryBatch,
-    rewards: np.ndarray,
-) -> tuple[np.ndarray, Selection, UpdateStats]:
-    """Normalise, select, update: the learner's half of a stage."""
-    adv = advantages(batch.prompts, batch.trunk_ids.numpy(), rewards, stage)
-    sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
-    stats = trainer.update(batch, adv, sel, stage)
-    return adv, sel, stats
-
-
 def run_stage(
+    groups: StageGroups, cfg: Config, prompts: list[str], stage: int, grid: bool = False
+) -> StageRecord:
+    """One stage on `groups`; `prompts` are the run's train prompts."""
+    settings = sampler_settings(cfg, stage)
+    tasks = rollout_tasks(cfg, prompts, stage)
+    restarts = groups.rollouts.restarts
+    t0 = time.perf_counter()
+    groups.rollouts.sync(groups.learner.publish())
+    t_sync = time.perf_counter()
+
+    calls = evaluations = row_bytes = 0
+    t_sampled = t_sync
+    for chunk in groups.rollouts.sample(settings, tasks):
+        groups.rewards.submit(chunk)
+        calls += chunk.cost.unet_calls
+        evaluations += chunk.cost.unet_evaluations
+        row_bytes = chunk.cost.row_bytes
+        t_sampled = max(t_sampled, chunk.done_at)
+    scored = groups.rewards.gather()
+    t_scored = time.perf_counter()
+
+    rows = Rows.cat([s.rows for s in scored])
+    rewards = check_rewards(np.concatenate([s.total for s in scored]), rows.prompts)
+    terms = {
+        name: float(np.concatenate([s.terms[name] for s in scored]).mean())
+        for name in scored[0].terms
+    }
+    selected = groups.learner.select(stage, rows, rewards)
+    t_selected = time.perf_counter()
+    index = selected.selection.index
+    parts = groups.rollouts.take(stage, rows.picks(index))
+    update = groups.learner.update(stage, selected, parts)
+    t_updated = time.perf_counter()
+
+    record = StageRecord(
+        stage=stage,
+        split_step=settings.split_step,
+        rows=rows,
+        rewards=rewards,
+        reward_terms=terms,
+        selected=selected,
+        update=update,
+        unet_calls=calls,
+        unet_evaluations=evaluations,
+        rollout_restarts=groups.rollouts.restarts - restarts,
+        bytes_to_learner=len(index) * row_bytes,
+        seconds={
+            "weight_sync": t_sync - t0,
+            "rollout": t_sampled - t_sync,
+            "reward": max(0.0, t_scored - t_sampled),
+            "select": t_selected - t_scored,
+            "update": t_updated - t_selected,
+        },
+    )
+    if grid:
+        record.grid_prompts = grid_rows(prompts)
+        record.grid_images = groups.rollouts.sample_fixed(
+            groups.learner.publish(), record.grid_prompts, settings, GRID_SEED, GRID_STREAM
+        )
+        record.seconds["grid"] = time.perf_counter() - t_updated
+        if record.grid_images is None:
+            print(f"  stage {stage}: no rollout actor could sample the grid; skipped", flush=True)
+    return record
+
+
+def run_in_process(
     trainer: PolicyTrainer,
     advantages: Advantages,
     reward_fn: RewardFn,
     prompts: list[str],
     cfg: Config,
     stage: int,
-    workers: int = 1,
-) -> StageResult:
-    """Sample all trunks (split over `workers` plain calls), score, select, update."""
-    settings = sampler_settings(cfg, stage)
-    trunk_prompts = stage_prompts(prompts, cfg.sampling.trunks_per_stage, cfg.seed, stage)
-    counter = UNetCounter()
-    t0 = time.perf_counter()
-    parts = np.array_split(np.arange(len(trunk_prompts)), workers)
-    batch = TrajectoryBatch.cat(
-        [
-            sample_branches(
-                trainer.model,
-                [trunk_prompts[i] for i in ids],
-                ids.tolist(),
-                settings,
-                cfg.seed,
-                stage,
-                counter,
-            )
-            for ids in parts
-            if len(ids)
-        ]
-    )
-    t1 = time.perf_counter()
-    rewards = check_rewards(reward_fn(batch.images, batch.prompts), batch.prompts)
-    t2 = time.perf_counter()
-    adv, sel, stats = train_on(trainer, advantages, cfg, stage, batch, rewards)
-    t3 = time.perf_counter()
-    return StageResult(
-        stage,
-        settings.split_step,
-        rewards,
-        adv,
-        sel,
-        stats,
-        counter,
-        {"rollout": t1 - t0, "reward": t2 - t1, "update": t3 - t2},
-        batch,
-    )
+) -> StageRecord:
+    """One stage in this process, sampling with the trainer's own model: the reference
+    for tests and probes. The record also holds the stage's whole batch (`batch`)."""
+    from learner.learner_worker import LearnerWorker
+
+    learner = LearnerWorker(cfg, trainer, advantages)
+    rollouts = InProcessRollouts(trainer.model, cfg)
+    groups = StageGroups(rollouts, InProcessRewards(reward_fn), InProcessLearner(learner))
+    record = run_stage(groups, cfg, prompts, stage)
+    record.batch = rollouts.batch()
+    return record

@@ -28,6 +28,11 @@ class RewardModel:
         parts: dict[str, np.ndarray] = {}
         for term, scorer in zip(self.terms, self.scorers, strict=True):
             values = np.asarray(scorer(images, prompts), dtype=np.float64).reshape(-1)
+            if values.shape[0] != len(prompts):
+                raise ValueError(
+                    f"reward term '{term.name}' returned {values.shape[0]} scores for "
+                    f"{len(prompts)} images"
+                )
             parts[term.name] = values
             total += term.weight * values
         return RewardResult(total, parts)

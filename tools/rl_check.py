@@ -5,8 +5,9 @@ measure the checker's accuracy on the train and held-out prompts before and afte
                              [--reward clip|partial|exact|shuffled|brightness|darkness|random]
                              [--images N] [--set dotted.key=value ...] [--lora-out FILE]
 
-Each stage is `learner.stage.run_stage` (branch sampling, reward, per-prompt advantages,
-selection, PPO-clip on the LoRA) exactly as the Ray driver runs it, minus Ray. The reward is
+Each stage is `learner.stage.run_in_process`: the stage function the Ray driver runs (branch
+sampling, reward, per-prompt advantages, selection, PPO-clip on the LoRA), on in-process
+groups. The reward is
 the toy CLIP's cosine score (`clip`, the preset's reward) or the checker's dense partial
 credit (`partial`) or its exact 0/1 verdict (`exact`: the only one that sees relations);
 `shuffled` is the exact verdict permuted at random among each trunk's branches: the same
@@ -37,7 +38,7 @@ from configs.schema import Config
 from diffusion.pipeline import load_model
 from learner.advantages import Advantages
 from learner.prompts import load_prompts
-from learner.stage import run_stage
+from learner.stage import run_in_process
 from learner.update import PolicyTrainer
 from toyworld.checker import check_batch
 from toyworld.clip import ASSETS_DIR, CLIP_DIR, ToyClipScorer
@@ -153,7 +154,7 @@ def run(
     reward_fn = reward_function(reward, cfg)
     stages = []
     for stage in range(cfg.stages):
-        res = run_stage(trainer, advantages, reward_fn, train_prompts, cfg, stage)
+        res = run_in_process(trainer, advantages, reward_fn, train_prompts, cfg, stage)
         stage_images = res.batch.images.permute(0, 2, 3, 1).numpy()
         correct, partial = check_batch(stage_images, res.batch.prompts)
         m = res.metrics()

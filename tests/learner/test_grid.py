@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from actors.rollout import RolloutWorker, StaleWeightsError
+from actors.rollout_worker import RolloutWorker, StaleWeightsError
 from learner.grid import BAD, GOOD, grid_image, save_grid, wrap
 from learner.stage import sampler_settings
 from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows, save_training_grid, verdict

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import ray
 import torch
@@ -10,9 +11,10 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from configs.schema import Config
 from diffusion.sampler import sample_branches
 from learner import checkpoint
-from learner.learner_group import LearnerGroup
+from learner.learner_group import RayLearnerGroup
+from learner.learner_worker import LearnerWorker
+from learner.records import Rows
 from learner.stage import sampler_settings, stage_prompts
-from learner.worker import LearnerWorker
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 
@@ -52,12 +54,24 @@ def _stage_batch(tiny_model, cfg: Config, stage: int):
     return batch, rewards
 
 
-def _train(group: LearnerGroup, stage: int, batch, rewards):
-    adv, sel = group.select(batch.prompts, batch.trunk_ids.numpy(), rewards)
-    return group.update(stage, adv, sel, batch.select(torch.as_tensor(sel.index)))
+def _rows(batch) -> Rows:
+    n = len(batch)
+    return Rows(
+        batch.prompts,
+        batch.trunk_ids.numpy(),
+        batch.branch_ids.numpy(),
+        np.zeros(n, np.int64),
+        np.arange(n),
+    )
 
 
-def _rank_weights(group: LearnerGroup) -> list[dict[str, torch.Tensor]]:
+def _train(group: RayLearnerGroup, stage: int, batch, rewards):
+    selected = group.select(stage, _rows(batch), rewards)
+    index = torch.as_tensor(selected.selection.index)
+    return group.update(stage, selected, [batch.select(index)])
+
+
+def _rank_weights(group: RayLearnerGroup) -> list[dict[str, torch.Tensor]]:
     return ray.get([a.weights.remote() for a in group.ranks])
 
 
@@ -66,8 +80,8 @@ def _max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _group(cfg: Config, pg=None) -> LearnerGroup:
-    group = LearnerGroup(cfg, pg)
+def _group(cfg: Config, pg=None) -> RayLearnerGroup:
+    group = RayLearnerGroup(cfg, pg)
     group.connect()
     return group
 
@@ -77,8 +91,8 @@ def test_two_learner_workers_make_the_update_of_one(ray_gpus, tiny_model, tiny_c
     threads = torch.get_num_threads()
     one = LearnerWorker(_cfg(tiny_cfg, 1))  # the plain learner, here: what one rank runs
     torch.set_num_threads(threads)
-    adv, sel = one.select(batch.prompts, batch.trunk_ids.numpy(), rewards)
-    want = one.update(0, adv, sel, batch.select(torch.as_tensor(sel.index)))
+    selected = one.select(0, _rows(batch), rewards)
+    want = one.update(0, selected, batch.select(torch.as_tensor(selected.selection.index)))
     ref = one.weights()
 
     cfg = _cfg(tiny_cfg, 2)

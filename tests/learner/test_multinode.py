@@ -69,7 +69,7 @@ def _node(actor) -> str:
 def test_the_colocated_learner_group_spans_nodes(nodes, tiny_pipeline_dir, tmp_path):
     cluster = Cluster(_cfg(tiny_pipeline_dir, tmp_path, "span"))
     try:
-        rollout = [_node(a) for a in cluster.rollouts]
+        rollout = [_node(a) for a in cluster.rollouts.actors]
         learner = [_node(a) for a in cluster.learner.ranks]
     finally:
         cluster.shutdown()

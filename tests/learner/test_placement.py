@@ -55,8 +55,8 @@ def test_actors_land_where_the_cluster_docs_say(eight_gpus, tiny_pipeline_dir):
     )
     cluster = Cluster(cfg)
     try:
-        rollout = [_gpu_ids(a) for a in cluster.rollouts]
-        reward = [_gpu_ids(a) for a in cluster.rewards]
+        rollout = [_gpu_ids(a) for a in cluster.rollouts.actors]
+        reward = [_gpu_ids(a) for a in cluster.rewards.actors]
         learner = _gpu_ids(cluster.learner.lead)
     finally:
         cluster.shutdown()
@@ -94,9 +94,9 @@ def test_colocated_pairs_each_rollout_actor_with_a_learner_rank_on_one_gpu(
     )
     cluster = Cluster(cfg)
     try:
-        rollout = [_gpu_ids(a) for a in cluster.rollouts]
+        rollout = [_gpu_ids(a) for a in cluster.rollouts.actors]
         learner = [_gpu_ids(a) for a in cluster.learner.ranks]
-        reward = [_gpu_ids(a) for a in cluster.rewards]
+        reward = [_gpu_ids(a) for a in cluster.rewards.actors]
     finally:
         cluster.shutdown()
     assert rollout == learner  # rank i samples and trains on the same GPU

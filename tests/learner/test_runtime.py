@@ -182,6 +182,40 @@ def test_one_rollout_actor_gives_the_same_run(reference_run, tiny_pipeline_dir, 
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
+def test_the_in_process_groups_run_the_same_stages(reference_run, tiny_pipeline_dir, tmp_path):
+    """One stage function: the in-process groups (one model, no Ray) reproduce the Ray run's
+    rewards and LoRA from the same config."""
+    from diffusion.lora import export_lora
+    from diffusion.pipeline import load_model
+    from learner.advantages import Advantages
+    from learner.prompts import load_prompts
+    from learner.stage import run_in_process
+    from learner.update import PolicyTrainer
+    from rewards.composite import RewardModel
+
+    cfg, ref_dir, _ = reference_run
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor runs
+    try:
+        trainer = PolicyTrainer(load_model(cfg.model, torch.device("cpu")), cfg)
+        advantages, reward = Advantages(cfg.advantage), RewardModel(cfg.rewards)
+        prompts = load_prompts(cfg.prompts.train)
+        records = [
+            run_in_process(trainer, advantages, reward, prompts, cfg, stage)
+            for stage in range(cfg.stages)
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    for r, got in zip(ref, records, strict=True):
+        m = got.metrics()
+        assert m["images"] == r["images"] and m["positives"] == r["positives"]
+        assert m["reward_mean"] == pytest.approx(r["reward_mean"], abs=1e-9)
+        assert m["unet_evaluations"] == r["unet_evaluations"]
+    export_lora(trainer.weights(), cfg.train.lora, tmp_path / "lora")
+    assert _max_diff(_lora(ref_dir), _lora(tmp_path)) <= 1e-6
+
+
 TWO_RANKS = {
     "rollout_actors": 2,
     "reward_actors": 1,

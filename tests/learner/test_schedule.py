@@ -12,7 +12,7 @@ from configs.schema import Config, ScheduleConfig
 from diffusion.sampler import SamplerSettings, UNetCounter, expected_evaluations, sample_branches
 from learner.advantages import Advantages
 from learner.schedule import interval, split_step
-from learner.stage import run_stage, sampler_settings
+from learner.stage import run_in_process, sampler_settings
 from learner.update import PolicyTrainer
 
 
@@ -121,7 +121,7 @@ def test_forward_and_window_stages_train_their_interval(tiny_model, tiny_cfg, sc
     def brightness(images, prompts):
         return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
 
-    res = run_stage(trainer, Advantages(cfg.advantage), brightness, ["a red circle"], cfg, 0)
+    res = run_in_process(trainer, Advantages(cfg.advantage), brightness, ["a red circle"], cfg, 0)
     tiny_model.scheduler.set_timesteps(6, device="cpu")
     assert torch.equal(res.batch.timesteps, tiny_model.scheduler.timesteps[slice(*first)].long())
     assert res.update.optimizer_steps >= 1 and np.isfinite(res.update.loss)

@@ -7,7 +7,7 @@ import torch
 from diffusion.sampler import sample_branches
 from learner.advantages import Advantages
 from learner.selection import Selection
-from learner.stage import run_stage, sampler_settings
+from learner.stage import run_in_process, sampler_settings
 from learner.update import PolicyTrainer
 
 
@@ -97,7 +97,9 @@ def test_one_complete_stage_in_process(tiny_model, tiny_cfg):
     def brightness(images, prompts):
         return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
 
-    res = run_stage(trainer, adv, brightness, ["a red circle", "a blue square"], tiny_cfg, stage=0)
+    res = run_in_process(
+        trainer, adv, brightness, ["a red circle", "a blue square"], tiny_cfg, stage=0
+    )
     n = tiny_cfg.sampling.trunks_per_stage * tiny_cfg.sampling.branches
     assert len(res.rewards) == n and res.split_step == 2
     assert res.selection.positives + res.selection.negatives == len(res.selection.index) > 0
@@ -114,7 +116,9 @@ def test_non_finite_reward_is_refused_with_the_prompt(tiny_model, tiny_cfg):
         return r
 
     with pytest.raises(ValueError, match="non-finite reward .* for prompt"):
-        run_stage(trainer, Advantages(tiny_cfg.advantage), broken, ["a red circle"], tiny_cfg, 0)
+        run_in_process(
+            trainer, Advantages(tiny_cfg.advantage), broken, ["a red circle"], tiny_cfg, 0
+        )
 
 
 def test_weighted_losses_scale_each_term():

@@ -1,8 +1,9 @@
 """Rollout workers: hold a pipeline + LoRA and run branch sampling for the trunks given.
 
-`RolloutWorker` is plain Python (the tests use it directly); the driver wraps it as a
-restartable Ray actor. Everything is built in __init__, so a restarted actor rebuilds
-itself and then refuses to sample until it has received the current weights.
+`RolloutWorker` is plain Python (the tests use it directly); the Ray rollout group
+(`actors.rollout_group`) runs it as a restartable actor. Everything is built in __init__,
+so a restarted actor rebuilds itself and then refuses to sample until it has received the
+current weights.
 Sampled trajectories stay here; only images (for the rewards) leave at once, and the
 learner later takes just the selected rows.
 """
@@ -10,7 +11,6 @@ learner later takes just the selected rows.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -19,22 +19,11 @@ from diffusion.lora import attach_lora, load_lora_state
 from diffusion.pipeline import load_model, pick_device
 from diffusion.sampler import SamplerSettings, UNetCounter, sample_branches, sample_images
 from diffusion.trajectory import TrajectoryBatch
+from learner.records import RolloutCost, RolloutImages, RolloutTask
 
 
 class StaleWeightsError(RuntimeError):
     """Asked to sample with weights this worker does not hold."""
-
-
-@dataclass
-class RolloutImages:
-    """What a rollout task returns at once: the images to score, and their identities."""
-
-    chunk: int
-    prompts: list[str]
-    trunk_ids: torch.Tensor  # int64 [n]
-    branch_ids: torch.Tensor  # int64 [n]
-    images: torch.Tensor  # uint8 [n, 3, H, W]
-    seconds: float
 
 
 def set_threads(threads: int, cpus: float) -> None:
@@ -59,33 +48,28 @@ class RolloutWorker:
         return version
 
     def sample(
-        self,
-        version: int,
-        stage: int,
-        chunk: int,
-        prompts: list[str],
-        trunk_ids: list[int],
-        settings: SamplerSettings,
-    ) -> tuple[RolloutImages, tuple[int, int, int]]:
+        self, version: int, task: RolloutTask, settings: SamplerSettings
+    ) -> tuple[RolloutImages, RolloutCost]:
         """Sample a chunk of trunks; keep its trajectories, return its images at once and
-        (UNet calls, UNet evaluations, bytes of one kept trajectory row)."""
+        what it cost (two returns: Ray hands them out separately)."""
         self._check(version)
         t0 = time.perf_counter()
         counter = UNetCounter()
         batch = sample_branches(
-            self.model, prompts, trunk_ids, settings, self.cfg.seed, stage, counter
+            self.model, task.prompts, task.trunk_ids, settings, self.cfg.seed, task.stage, counter
         )
-        self._kept = {k: v for k, v in self._kept.items() if k[0] == stage}
-        kept = self._kept[(stage, chunk)] = batch.without_images()
+        self._kept = {k: v for k, v in self._kept.items() if k[0] == task.stage}
+        kept = self._kept[(task.stage, task.chunk)] = batch.without_images()
         images = RolloutImages(
-            chunk,
+            task.chunk,
             batch.prompts,
             batch.trunk_ids,
             batch.branch_ids,
             batch.images,
             time.perf_counter() - t0,
         )
-        return images, (counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
+        cost = RolloutCost(counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
+        return images, cost
 
     def sample_fixed(
         self, version: int, prompts: list[str], settings: SamplerSettings, seed: int, stream: int
@@ -102,12 +86,14 @@ class RolloutWorker:
                 f"rollout worker {self.index} holds weights v{self.version}, asked for v{version}"
             )
 
-    def take(self, stage: int, chunk: int, rows: list[int]) -> TrajectoryBatch:
-        """The selected rows of a chunk sampled here (what the learner trains on)."""
+    def take(self, stage: int, chunk: int, rows: list[int]) -> tuple[TrajectoryBatch, int]:
+        """The selected rows of a chunk sampled here (what the learner trains on), and
+        their number (two returns: the driver checks the small one, the learner fetches
+        the batch)."""
         batch = self._kept.get((stage, chunk))
         if batch is None:
             raise KeyError(f"rollout worker {self.index} has no chunk {chunk} of stage {stage}")
-        return batch.select(rows)
+        return batch.select(rows), len(rows)
 
     def ping(self) -> int:
         return self.version

@@ -1,13 +1,16 @@
-"""The reward worker: builds the configured scorers once, scores image batches."""
+"""The reward worker: builds the configured scorers once, scores chunks of images.
+
+Plain Python; the Ray reward group (`rewards.reward_group`) runs it as an actor.
+"""
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from actors.rollout import RolloutImages, set_threads
+from actors.rollout_worker import set_threads
 from configs.schema import Config
 from diffusion.pipeline import pick_device
+from learner.records import RolloutImages, Rows, ScoredChunk
 from rewards.composite import RewardModel
 
 
@@ -19,6 +22,6 @@ class RewardWorker:
         self.model = RewardModel(cfg.rewards, device)
         self.index = index
 
-    def score(self, rollout: RolloutImages) -> tuple[int, np.ndarray, dict[str, np.ndarray]]:
+    def score(self, rollout: RolloutImages) -> ScoredChunk:
         result = self.model.score(rollout.images, rollout.prompts)
-        return rollout.chunk, result.total, result.terms
+        return ScoredChunk(rollout.chunk, Rows.of(rollout), result.total, result.terms)
