@@ -117,19 +117,11 @@ def test_clip_score_without_weights_is_refused():
     check_clip_weights(Config.model_validate({"rewards": [with_tag]}))  # accepted
 
 
-def test_clip_score_without_weights_stops_training_before_anything_is_written(
-    tiny_pipeline_dir, tmp_path, capsys
-):
+def test_clip_score_without_weights_stops_training_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "out"
-    code = main(
-        [
-            "--set",
-            f"output_dir={out}",
-            f"model.pretrained={tiny_pipeline_dir}",
-            "rewards=[{name: clip_score, model: toy-clip}]",
-        ]
-    )
+    argv = ["--set", f"output_dir={out}", f"model.pretrained={tmp_path / 'no-model'}"]
+    code = main([*argv, "rewards=[{name: clip_score, model: toy-clip}]"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
+    assert code == 2 and len(err) == 1, err  # refused before the model is looked at
     assert err[0].startswith("error: rewards.0.checkpoint = None: a clip_score term needs")
     assert not out.exists()
