@@ -19,6 +19,7 @@ import time
 from collections import deque
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass
 
 from configs.load import PROJECT_ROOT, flatten
 from configs.schema import Config
@@ -164,6 +165,8 @@ class Tracker:
         url = urlsplit(self.tracking_uri or "")
         if url.scheme not in ("http", "https") or not url.hostname:
             return True
+        if getproxies().get(url.scheme) and not proxy_bypass(url.hostname):
+            return True  # reached through a proxy: only a request can tell
         port = url.port or (443 if url.scheme == "https" else 80)
         try:
             socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT).close()
