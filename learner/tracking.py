@@ -167,9 +167,11 @@ class Tracker:
             return True
         if getproxies().get(url.scheme) and not proxy_bypass(url.hostname):
             return True  # reached through a proxy: only a request can tell
-        port = url.port or (443 if url.scheme == "https" else 80)
         try:
+            port = url.port or (443 if url.scheme == "https" else 80)
             socket.create_connection((url.hostname, port), timeout=PROBE_TIMEOUT).close()
+        except ValueError:  # a port MLflow will refuse in its own words
+            return True
         except OSError:
             return False
         return True
