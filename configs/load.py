@@ -29,11 +29,6 @@ class ConfigError(ValueError):
 MAX_VALUES = 100_000
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """PyYAML's safe loader; `_read_document` checks the composed node graph before any
-    Python value is built from it."""
-
-
 def _short(value: Any) -> str:
     """repr() of a config value, bounded in depth and length, for one-line messages."""
     r = reprlib.Repr()
@@ -86,8 +81,9 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
 
 
 def _read_document(text: str, source: str) -> Any:
-    """The Python value of one YAML document, checked by `_check_nodes` first."""
-    loader = _StrictLoader(text)
+    """The Python value of one YAML document: PyYAML's safe loader, with the composed node
+    graph checked by `_check_nodes` before any Python value is built from it."""
+    loader = yaml.SafeLoader(text)
     try:
         try:
             node = loader.get_single_node()
