@@ -38,11 +38,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from diffusion.lora import LoraShapeError
     from diffusion.pipeline import PipelineLoadError
     from learner.checkpoint import CheckpointError, TrainingDiverged
-    from learner.driver import RewardFailure, RuntimeSetupError
+    from learner.driver import RuntimeSetupError
     from learner.outputs import OutputError
     from learner.prompts import PromptFileError
     from learner.run import ResumeError
     from learner.stage import NonFiniteReward
+    from rewards.reward_group import RewardFailure
     from rewards.scorers import RewardSetupError
 
     return (

@@ -162,10 +162,11 @@ def execute(
                 f"or of stages after the checkpoint resumed from ({last})",
                 file=sys.stderr,
             )
+    started = False
+    try:
         if state is not None and start_stage > last_stage:
             return already_trained(cfg, run_dir, state)
-    started = connect(cfg)
-    try:
+        started = connect(cfg)
         return _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outputs)
     except BaseException as exc:
         if not resuming and checkpoint.latest(run_dir) is None:

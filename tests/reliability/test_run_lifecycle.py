@@ -201,6 +201,20 @@ def test_resuming_a_finished_run_keeps_its_summary(finished, capsys):
     assert json.loads((finished / "summary.json").read_text())["stages_completed"] == 2
 
 
+def test_a_disk_that_fills_up_during_a_resume_is_one_line(finished, monkeypatch):
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(outputs.os, "fsync", full)  # summary.json is the write that fails
+    with pytest.raises(OutputError) as info:
+        run.execute(*run.prepare(None, finished, [], False))
+    assert str(info.value).endswith(
+        f"No space left on device; the run stopped; continue with --resume {finished} once "
+        "it is fixed"
+    )
+    assert checkpoint.latest(finished).name == "stage_0001"  # the checkpoints stay
+
+
 # Finding 9: a metrics.jsonl cut mid-line is repaired before a resume appends to it
 
 
