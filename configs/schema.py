@@ -63,7 +63,14 @@ class ModelConfig(Section):
 
 class SamplingConfig(Section):
     num_steps: int = Field(20, ge=1, le=1000)
-    eta: float = Field(1.0, gt=0.0, le=1.0)
+    eta: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="The policy step's noise: DDIM's eta for UNet models (sd); for "
+        "flow-matching models (sd3) the SDE noise level a of the trained steps, std "
+        "a * sqrt(sigma / (1 - sigma)) (Flow-GRPO uses 0.7).",
+    )
     guidance_scale: float = Field(5.0, ge=1.0)
     branches: int = Field(5, ge=1, description="K: branches per trunk after the split point.")
     trunks_per_stage: int = Field(256, ge=1, description="Trunks (prompt samples) per stage.")
@@ -258,14 +265,52 @@ class PromptsConfig(Section):
 
 
 class RewardTerm(Section):
-    name: Literal[
-        "clip_score", "bert_score", "oracle", "oracle_partial", "jpeg_compressibility", "custom"
-    ]
+    """One reward term: a registered reward (`rewards.registry`: the built-ins, `remote`, or
+    a package's entry point in `b2_diffurl.rewards`) and its settings."""
+
+    name: str = Field(description="A registered reward name (rewards.registry.known_names).")
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Key of this term's metric (reward_<label>); default the name, then "
+        "name_2, name_3 for repeats.",
+    )
     weight: float = 1.0
     model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
     checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")
     num_layers: int = Field(6, ge=1, description="bert_score: BERT layer whose embeddings count.")
     captioner: str | None = Field(None, description="bert_score: image captioner ('toy').")
+    options: dict[str, str | int | float | bool | list[str | int | float | bool] | None] = Field(
+        default_factory=dict, description="A plug-in reward's own settings, read in its setup."
+    )
+    url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="remote: the scoring server's base URL (python -m rewards.serve).",
+    )
+    timeout_s: float = Field(60.0, gt=0.0, description="remote: seconds to wait per request.")
+    retries: int = Field(2, ge=0, description="remote: further tries of a failed request.")
+    batch_size: int = Field(
+        0, ge=0, description="remote: images per request (0: the whole batch in one)."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _registered_name(cls, name: str) -> str:
+        from rewards.registry import known_names
+
+        known = known_names()
+        if name not in known:
+            raise ValueError(f"unknown reward; known: {', '.join(known)}")
+        return name
+
+    @model_validator(mode="after")
+    def _url_with_remote(self) -> RewardTerm:
+        if self.name == "remote" and not self.url:
+            raise ValueError("a remote reward needs url (e.g. http://127.0.0.1:8700)")
+        if self.name != "remote" and self.url:
+            raise ValueError(f"url is for remote rewards, not {self.name!r}")
+        return self
 
 
 class RuntimeConfig(Section):

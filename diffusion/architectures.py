@@ -8,7 +8,10 @@ that an SD-shaped run goes end to end on a CPU:
     python -m learner.main --config configs/sd14_b2.yaml --set model.pretrained=DIR ...
 
 Both folders load with the project's loader and with the stock
-`StableDiffusionPipeline.from_pretrained(DIR)`.
+`StableDiffusionPipeline.from_pretrained(DIR)`. `--arch sd3-tiny` writes the tiny random
+SD3 pipeline of `diffusion.tiny` (no T5; 32 px, 16-channel 16 x 16 latents), which loads
+with the project's loader and with `StableDiffusion3Pipeline.from_pretrained(DIR,
+text_encoder_3=None, tokenizer_3=None)`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusion.tiny import clip_tokenizer, sd_scheduler
+from diffusion.tiny import clip_tokenizer, sd_scheduler, tiny_sd3_pipeline
 
 
 @dataclass(frozen=True)
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m diffusion.architectures", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--arch", choices=sorted(ARCHITECTURES), default="sd15-reduced")
+    p.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "sd3-tiny"], default="sd15-reduced")
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -173,7 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.name}-") as tmp:
-        random_pipeline(ARCHITECTURES[args.arch], args.seed).save_pretrained(tmp)
+        if args.arch == "sd3-tiny":
+            pipe = tiny_sd3_pipeline(seed=args.seed)
+        else:
+            pipe = random_pipeline(ARCHITECTURES[args.arch], args.seed)
+        pipe.save_pretrained(tmp)
         if args.out.exists():
             args.out.rmdir()
         os.rename(tmp, args.out)  # whole or not at all

@@ -39,6 +39,11 @@ def noise_sensitivity(scheduler: DDIMScheduler, eta: float = 1.0) -> torch.Tenso
     except the second-to-last step (8.3: std 0.041 while the mean still moves 0.34 per unit
     of eps), whose policy-gradient term therefore dominates the update's norm.
     """
+    if not isinstance(scheduler, DDIMScheduler):
+        raise ValueError(
+            f"noise step weights are defined for DDIM steps, not {type(scheduler).__name__} "
+            "(set loss.step_weight=none)"
+        )
     if scheduler.num_inference_steps is None:
         raise ValueError("call scheduler.set_timesteps(num_steps) first")
     t = torch.as_tensor(scheduler.timesteps, device="cpu").long()

@@ -2,9 +2,9 @@
 
 A family knows its pipeline class, the components RL needs, its scheduler, how prompts
 become one conditioning tensor, how the denoiser is called (with classifier-free
-guidance), its policy step with log-probability, its attention projections for LoRA and
-the diffusers LoRA format. The sampler and the learner call these through
-`DiffusionModel` and never branch on the family.
+guidance), its policy step with log-probability and per-step loss weights, its attention
+projections for LoRA and the diffusers LoRA format. The sampler and the learner call
+these through `DiffusionModel` and never branch on the family.
 
 Conditioning is always ONE tensor [N, L, D] so that the callers can index, stack, expand
 and repeat it without knowing the family:
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 
+from diffusion import ddim, flow
 from diffusion.ddim import ddim_step_with_logprob
 from diffusion.flow import euler_step, flow_step_with_logprob, model_timesteps
 
@@ -93,6 +94,9 @@ class SDFamily:
             noise=noise,
             prev_sample=prev_sample,
         )
+
+    def noise_step_weights(self, scheduler, eta: float) -> torch.Tensor:
+        return ddim.noise_step_weights(scheduler, eta)
 
     def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
         from diffusers import StableDiffusionPipeline
@@ -205,6 +209,9 @@ class SD3Family:
         return flow_step_with_logprob(
             model.scheduler, output, timestep, sample, eta, noise=noise, prev_sample=prev_sample
         )
+
+    def noise_step_weights(self, scheduler, eta: float) -> torch.Tensor:
+        return flow.noise_step_weights(scheduler, eta)
 
     def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
         from diffusers import StableDiffusion3Pipeline

@@ -119,3 +119,27 @@ def flow_step_with_logprob(
         - math.log(math.sqrt(2 * math.pi))
     )
     return prev_sample, log_prob.mean(dim=tuple(range(1, log_prob.ndim)))
+
+
+def noise_sensitivity(scheduler: FlowMatchEulerDiscreteScheduler, noise_level: float):
+    """|d mean / d v| / std of the SDE step for every inference step, in step order: how
+    strongly a step's log-probability reacts to a change of the velocity, in units of the
+    step's own noise (`diffusion.ddim.noise_sensitivity` for epsilon and DDIM)."""
+    if scheduler.timesteps is None:
+        raise ValueError("call scheduler.set_timesteps(num_steps) first")
+    keys = scheduler.timesteps.long()
+    like = torch.zeros(len(keys), 1)
+    sigma, _ = _sigmas(scheduler, keys, like)
+    std_sigma, sqrt_dt = sde_std(scheduler, keys, like, noise_level)
+    # d mean / d v = dt (1 + std_sigma^2 (1 - sigma) / (2 sigma)); std = std_sigma sqrt(-dt)
+    gain = 1 + std_sigma**2 * (1 - sigma) / (2 * sigma)
+    return (sqrt_dt * gain / std_sigma.clamp(min=1e-12)).flatten()
+
+
+def noise_step_weights(scheduler: FlowMatchEulerDiscreteScheduler, noise_level: float):
+    """Loss weight per inference step by the rule of `diffusion.ddim.noise_step_weights`:
+    median sensitivity / own sensitivity, at most 1. Flow sensitivities grow steadily
+    towards x_0 (SD3's shift-3 schedule, 20 steps, a = 0.7: 0.026 at the first step, 1.77
+    at the last), so the later half of the steps is scaled down, the last by about 9x."""
+    sens = noise_sensitivity(scheduler, noise_level)
+    return (sens.median() / sens).clamp(max=1.0)

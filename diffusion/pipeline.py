@@ -195,6 +195,10 @@ class DiffusionModel:
             recorded=recorded,
         )
 
+    def noise_step_weights(self, eta: float) -> torch.Tensor:
+        """loss.step_weight=noise: the weight of every inference step (timesteps set)."""
+        return self.family.noise_step_weights(self.scheduler, eta)
+
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, micro_batch: int = 32) -> torch.Tensor:
         """Latents -> uint8 images [N, 3, H, W]."""

@@ -22,7 +22,6 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.ddim import noise_step_weights
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import derive_seed
@@ -209,7 +208,7 @@ class PolicyTrainer:
         """The loss weight of each given timestep (loss.step_weight; scheduler timesteps set)."""
         if self.cfg.loss.step_weight == "none":
             return torch.ones(len(timesteps))
-        w = noise_step_weights(self.model.scheduler, self.cfg.sampling.eta)
+        w = self.model.noise_step_weights(self.cfg.sampling.eta)
         return w[self._step_index(timesteps)]
 
     # -- update --------------------------------------------------------------------------

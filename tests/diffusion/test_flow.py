@@ -84,3 +84,21 @@ def test_bad_calls_are_refused():
     fresh.timesteps = None
     with pytest.raises(ValueError, match="set_timesteps"):
         euler_step(fresh, v, 1000, x)
+
+
+def test_noise_step_weights_follow_the_step_sensitivity():
+    from diffusion.flow import noise_sensitivity, noise_step_weights
+
+    sched = _scheduler(10)
+    sens = noise_sensitivity(sched, 0.7)
+    # recomputed from the drawn samples of two velocities: d mean / d v over the step's std
+    x, v = _inputs(n=10)
+    keys = sched.timesteps.long()
+    zero = torch.zeros_like(x)
+    m0, _ = flow_step_with_logprob(sched, v, keys, x, 0.7, noise=zero)
+    m1, _ = flow_step_with_logprob(sched, v + 1.0, keys, x, 0.7, noise=zero)
+    std_s, sqrt_dt = sde_std(sched, keys, x, 0.7)
+    measured = (m1 - m0).flatten(1).mean(1).abs() / (std_s * sqrt_dt).flatten()
+    assert torch.allclose(sens, measured, rtol=1e-4)
+    w = noise_step_weights(sched, 0.7)
+    assert w.max() == 1 and torch.all(w[1:] <= w[:-1])  # later steps react more

@@ -108,6 +108,9 @@ def test_branches_share_an_ode_trunk_and_recompute_to_ratio_one(tiny_sd3, sd3_cf
 
 
 def test_two_b2_stages_train_the_sd3_lora_in_process(tiny_sd3, sd3_cfg):
+    # the toy presets' per-step loss weights, by the flow step's sensitivity
+    loss = sd3_cfg.loss.model_copy(update={"step_weight": "noise"})
+    sd3_cfg = sd3_cfg.model_copy(update={"loss": loss})
     trainer = PolicyTrainer(tiny_sd3, sd3_cfg)
     adv = Advantages(sd3_cfg.advantage)
     before = {k: v.clone() for k, v in trainer.weights().items()}
