@@ -28,6 +28,9 @@ from transformers import (
     CLIPTextModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
 )
 
 
@@ -158,6 +161,40 @@ def sd3_scheduler(shift: float = 3.0) -> FlowMatchEulerDiscreteScheduler:
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
 
 
+def tiny_t5_tokenizer() -> T5TokenizerFast:
+    """A T5-style (unigram, sentencepiece word marks) tokenizer built offline: the toy
+    world's colour, shape and number words and single letters for the rest. It stands in
+    for T5's 32k vocabulary, which cannot be rebuilt without a download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+
+    words = [
+        "a",
+        "an",
+        "one",
+        "two",
+        "three",
+        "red",
+        "green",
+        "blue",
+        "yellow",
+        "circle",
+        "square",
+        "triangle",
+        "star",
+    ]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + w, -1.0) for w in words] + [("s", -2.0)]
+    pieces += [(c, -5.0) for c in "abcdefghijklmnopqrstuvwxyz"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(
+        tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+
+
 def tiny_sd3_pipeline(
     image_size: int = 32,
     width: int = 32,
@@ -165,11 +202,13 @@ def tiny_sd3_pipeline(
     text_width: int = 32,
     max_length: int = 16,
     seed: int = 0,
+    t5: bool = False,
 ) -> StableDiffusion3Pipeline:
-    """A random SD3 pipeline without T5: MM-DiT transformer (patch 2), a VAE with SD3's 16
-    latent channels, scaling and shift and one 2x downsampling (latents image/2), two CLIP
-    text encoders with projection (their widths side by side fill the joint attention
-    width; their pooled outputs the pooled projection)."""
+    """A random SD3 pipeline: MM-DiT transformer (patch 2), a VAE with SD3's 16 latent
+    channels, scaling and shift and one 2x downsampling (latents image/2), two CLIP text
+    encoders with projection (their widths side by side fill the joint attention width;
+    their pooled outputs the pooled projection) and, with `t5`, a one-layer T5 encoder of
+    the joint attention width (else none, as diffusers allows)."""
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         in_channels=3,
@@ -215,6 +254,19 @@ def tiny_sd3_pipeline(
         )
         for _ in range(2)
     ]
+    text_encoder_3 = tokenizer_3 = None
+    if t5:
+        text_encoder_3 = T5EncoderModel(
+            T5Config(
+                vocab_size=64,
+                d_model=2 * text_width,
+                d_kv=8,
+                d_ff=2 * text_width,
+                num_layers=1,
+                num_heads=4,
+            )
+        )
+        tokenizer_3 = tiny_t5_tokenizer()
     tokenizer = clip_tokenizer(max_length)  # SD3's two CLIP tokenizers are the same BPE
     return StableDiffusion3Pipeline(
         transformer=transformer,
@@ -224,6 +276,6 @@ def tiny_sd3_pipeline(
         tokenizer=tokenizer,
         text_encoder_2=encoders[1],
         tokenizer_2=tokenizer,
-        text_encoder_3=None,
-        tokenizer_3=None,
+        text_encoder_3=text_encoder_3,
+        tokenizer_3=tokenizer_3,
     )

@@ -10,7 +10,7 @@ from diffusers import StableDiffusion3Pipeline
 from configs.schema import ModelConfig
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
 from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
-from diffusion.sampler import sample_branches
+from diffusion.sampler import UNetCounter, expected_evaluations, sample_branches
 from learner.advantages import Advantages
 from learner.stage import run_in_process, sampler_settings
 from learner.update import PolicyTrainer
@@ -47,6 +47,23 @@ def test_project_ode_equals_the_stock_pipeline(tiny_sd3, tiny_sd3_dir):
     assert torch.allclose(x, theirs, atol=1e-5)
     ours = m.decode(x).float()
     assert (ours - ((images / 2 + 0.5).clamp(0, 1) * 255).round()).abs().max() <= 1
+
+
+def test_t5_conditioning_equals_the_stock_encoder(tmp_path):
+    from diffusion.tiny import tiny_sd3_pipeline
+
+    tiny_sd3_pipeline(seed=1, t5=True).save_pretrained(str(tmp_path / "p"))
+    m = load_model(ModelConfig(pretrained=str(tmp_path / "p")), CPU)
+    assert m.text_encoder_3 is not None
+    stock = StableDiffusion3Pipeline.from_pretrained(str(tmp_path / "p"), local_files_only=True)
+    embeds, _, pooled, _ = stock.encode_prompt(
+        "two red circles", None, None, do_classifier_free_guidance=False, device="cpu"
+    )
+    ours = m.encode_prompts(["two red circles"])
+    assert torch.equal(ours[:, :16], embeds[:, :16]) and torch.equal(ours[:, -1], pooled)
+    # the T5 part: the same weights loaded twice agree to float rounding (7e-6), not bitwise
+    assert torch.allclose(ours[:, 16:-1], embeds[:, 16:], atol=1e-5)
+    assert embeds[:, 16:].abs().sum() > 0  # the T5 part is the encoder's, not zeros
 
 
 def test_unsupported_pipeline_class_is_refused_in_one_line(tmp_path):
@@ -90,7 +107,9 @@ def test_branches_share_an_ode_trunk_and_recompute_to_ratio_one(tiny_sd3, sd3_cf
     st = sampler_settings(sd3_cfg, 0)
     assert st.split_step >= 1 and st.interval[0] >= 1  # a trunk, then branches
     prompts = ["a red circle", "a blue square"]
-    batch = sample_branches(tiny_sd3, prompts, [0, 1], st, seed=3, stage=0)
+    counter = UNetCounter()
+    batch = sample_branches(tiny_sd3, prompts, [0, 1], st, seed=3, stage=0, counter=counter)
+    assert counter.evaluations == expected_evaluations(st, 2)
     K, s = sd3_cfg.sampling.branches, st.split_step
     assert batch.chain.shape == (2 * K, s + 1, 16, 16, 16) and batch.log_probs.shape == (2 * K, s)
     assert batch.images.shape == (2 * K, 3, 32, 32)
