@@ -228,10 +228,11 @@ class SD3Family:
         return key.startswith("transformer_blocks.")
 
 
-FAMILIES = {f.name: f for f in (SDFamily(), SD3Family())}
+Family = SDFamily | SD3Family
+FAMILIES: dict[str, Family] = {f.name: f for f in (SDFamily(), SD3Family())}
 
 
-def family_for_class(class_name: str, source: str = "") -> SDFamily | SD3Family:
+def family_for_class(class_name: str, source: str = "") -> Family:
     for family in FAMILIES.values():
         if class_name in family.pipeline_classes:
             return family
@@ -242,7 +243,7 @@ def family_for_class(class_name: str, source: str = "") -> SDFamily | SD3Family:
     )
 
 
-def family_of_dir(path: str | Path) -> SDFamily | SD3Family:
+def family_of_dir(path: str | Path) -> Family:
     """The family of a local pipeline folder, from model_index.json's `_class_name`."""
     index = Path(path) / "model_index.json"
     try:
@@ -252,7 +253,7 @@ def family_of_dir(path: str | Path) -> SDFamily | SD3Family:
     return family_for_class(str(class_name), str(index))
 
 
-def family_of_lora(state: dict[str, torch.Tensor]) -> SDFamily | SD3Family:
+def family_of_lora(state: dict[str, torch.Tensor]) -> Family:
     """The family whose denoiser the LoRA tensor names belong to."""
     for family in FAMILIES.values():
         if state and all(family.owns_lora_key(k) for k in state):

@@ -20,7 +20,13 @@ from diffusers import DiffusionPipeline
 
 from configs.load import resolve_path
 from configs.schema import ModelConfig
-from diffusion.families import SDFamily, UnsupportedFamily, family_for_class, family_of_dir
+from diffusion.families import (
+    Family,
+    SDFamily,
+    UnsupportedFamily,
+    family_for_class,
+    family_of_dir,
+)
 from diffusion.fetch import node_snapshot
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -94,7 +100,7 @@ def check_source(cfg: ModelConfig) -> Path | None:
     return None
 
 
-def _family(path: Path, cfg: ModelConfig):
+def _family(path: Path, cfg: ModelConfig) -> Family:
     try:
         return family_of_dir(path)
     except UnsupportedFamily as exc:
@@ -138,7 +144,7 @@ class DiffusionModel:
     device: torch.device
     dtype: torch.dtype
     autocast: torch.dtype | None = None  # what the denoiser computes in under torch.autocast
-    family: object = field(default_factory=SDFamily)
+    family: Family = field(default_factory=SDFamily)
     text_encoder_2: torch.nn.Module | None = None
     tokenizer_2: object = None
     text_encoder_3: torch.nn.Module | None = None
@@ -255,11 +261,12 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
     return from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
 
 
-def _family_of_pipe(pipe: DiffusionPipeline, source: str):
+def _family_of_pipe(pipe: DiffusionPipeline, source: str | None = None) -> Family:
     try:
         return family_for_class(type(pipe).__name__)
     except UnsupportedFamily as exc:
-        raise PipelineLoadError(f"model.pretrained = {source!r}: {exc}") from None
+        where = f"model.pretrained = {source!r}: " if source else ""
+        raise PipelineLoadError(f"{where}{exc}") from None
 
 
 def from_pipeline(
@@ -268,7 +275,7 @@ def from_pipeline(
     dtype: torch.dtype,
     autocast: torch.dtype | None = None,
 ) -> DiffusionModel:
-    family = _family_of_pipe(pipe, type(pipe).__name__)
+    family = _family_of_pipe(pipe)
     try:
         scheduler = family.scheduler(pipe.scheduler.config)
     except UnsupportedFamily as exc:
