@@ -5,6 +5,9 @@ T - s steps for the paper's interval, the last s), copy each into K branches, an
 all B*K branches together for the s interval steps, then, for an interval that ends before
 the last step, on to x_0 unrecorded. Every UNet call takes up to `micro_batch` latents,
 whatever trunk or branch they belong to. DDPO is the same sampler with K = 1 and s = T.
+The step is the model family's (`DiffusionModel.step`): DDIM with eta at every step for
+SD; for flow-matching models the trunk and the unrecorded finishing steps follow the ODE
+and only the recorded (trained) steps the SDE.
 
 All noise (x_T, trunk noise, branch noise) comes from generators seeded by
 (run seed, stage, trunk index[, branch]), drawn on the CPU, so a trunk's samples do not
@@ -219,7 +222,7 @@ def sample_images(
     progress: bool = False,
     desc: str = "sample",
 ) -> torch.Tensor:
-    """Plain DDIM sampling (one branch, the whole trajectory) of one image per prompt, in
+    """Plain sampling (one branch, the whole trajectory) of one image per prompt, in
     chunks of `settings.micro_batch`; image i's noise derives from (seed, stage, i), so two
     models sampled with the same arguments start from the same noise (paired evaluation)."""
     from tqdm import tqdm
