@@ -181,6 +181,9 @@ class RayRolloutGroup:
                 return [parts[c] for c in picks]
             if attempt == 3:
                 break
+            if self.on_submit is not None:
+                for c in todo:
+                    self.on_submit("take", stage, c, self.actors[self._owner[c]])
             refs = {
                 c: self.actors[self._owner[c]]
                 .take.options(num_returns=2)

@@ -153,12 +153,11 @@ def train(run: Planned, log) -> Path:
         return run.run_dir
     resuming = run.run_dir.exists()
     if resuming:
-        cfg, run_dir, _ = prepare(run.cfg, run.run_dir, [], False)
+        cfg, run_dir, _ = prepare(run.cfg, run.run_dir, [], False, check=preflight)
         log(f"{run_dir.name}: resuming")
     else:
-        cfg, run_dir, _ = prepare(run.cfg, None, [], False)
+        cfg, run_dir, _ = prepare(run.cfg, None, [], False, check=preflight)
         log(f"{run_dir.name}: training {cfg.stages} stages")
-    preflight(cfg)
     execute(cfg, run_dir, resuming)
     return run_dir
 

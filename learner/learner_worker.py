@@ -77,8 +77,14 @@ class LearnerWorker:
         )
 
     def restore(self, state: LearnerState, source: str) -> int:
+        """Continue from `state`; the optimizer's hyper-parameters stay this config's (a
+        forced resume may change them), only its moments come from the checkpoint."""
         self.trainer.load_weights(state.lora, source)
-        self.trainer.optimizer.load_state_dict(state.optimizer)
+        optimizer = self.trainer.optimizer
+        settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+        optimizer.load_state_dict(state.optimizer)
+        for group, mine in zip(optimizer.param_groups, settings, strict=True):
+            group.update(mine)
         self.advantages.load_state_dict(state.advantages)
         torch.set_rng_state(state.rng)
         self.version = state.version

@@ -43,6 +43,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from learner.prompts import PromptFileError
     from learner.run import ResumeError
     from learner.stage import NonFiniteReward
+    from rewards.remote import RemoteRewardError
     from rewards.reward_group import RewardFailure
     from rewards.scorers import RewardSetupError
 
@@ -57,6 +58,7 @@ def user_errors() -> tuple[type[Exception], ...]:
         OutputError,
         RuntimeSetupError,
         RewardFailure,
+        RemoteRewardError,
         NonFiniteReward,
         TrainingDiverged,
     )

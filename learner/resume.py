@@ -72,7 +72,7 @@ def already_trained(cfg: Config, run_dir: Path, state: LearnerState) -> dict:
         "final_metrics": last_record(run_dir / "metrics.jsonl", state.stage),
         "seconds": time.perf_counter() - t0,
         "lora": str(run_dir / "lora" / "pytorch_lora_weights.safetensors"),
-        "schedule_end": state.split_step,
+        "split_step": state.split_step,
     }
     write_synced(run_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -292,7 +292,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
         "mlflow_tracking_uri": tracker.tracking_uri,
         "seconds": time.perf_counter() - t_run,
         "lora": str(run_dir / "lora" / "pytorch_lora_weights.safetensors"),
-        "schedule_end": split_step(cfg.schedule, last_stage, cfg.stages, cfg.sampling.num_steps),
+        "split_step": split_step(cfg.schedule, last_stage, cfg.stages, cfg.sampling.num_steps),
     }
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2))

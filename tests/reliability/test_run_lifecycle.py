@@ -193,7 +193,7 @@ def test_resuming_a_finished_run_keeps_its_summary(finished, capsys):
     summary = json.loads((finished / "summary.json").read_text())
     assert summary["stages_completed"] == 2
     assert summary["final_metrics"] == {"loss": 1.5, "reward_mean": -1.0}
-    assert summary["schedule_end"] == 2
+    assert summary["split_step"] == 2
     assert (finished / "lora" / "pytorch_lora_weights.safetensors").is_file()
     cfg, run_dir, resuming = run.prepare(None, finished, ["stages=1"], False)
     summary = run.execute(cfg, run_dir, resuming)
