@@ -60,16 +60,8 @@ class RolloutWorker:
         )
         self._kept = {k: v for k, v in self._kept.items() if k[0] == task.stage}
         kept = self._kept[(task.stage, task.chunk)] = batch.without_images()
-        images = RolloutImages(
-            task.chunk,
-            batch.prompts,
-            batch.trunk_ids,
-            batch.branch_ids,
-            batch.images,
-            time.perf_counter() - t0,
-        )
-        cost = RolloutCost(counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
-        return images, cost
+        images = RolloutImages.of(batch, task.chunk, time.perf_counter() - t0)
+        return images, RolloutCost.of(counter, kept)
 
     def sample_fixed(
         self, version: int, prompts: list[str], settings: SamplerSettings, seed: int, stream: int

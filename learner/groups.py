@@ -112,17 +112,8 @@ class InProcessRollouts:
                 self.model, task.prompts, task.trunk_ids, settings, self.seed, task.stage, counter
             )
             self.kept[task.chunk] = batch
-            images = RolloutImages(
-                task.chunk,
-                batch.prompts,
-                batch.trunk_ids,
-                batch.branch_ids,
-                batch.images,
-                time.perf_counter() - t0,
-            )
-            cost = RolloutCost(
-                counter.calls, counter.evaluations, batch.without_images().nbytes() // len(batch)
-            )
+            images = RolloutImages.of(batch, task.chunk, time.perf_counter() - t0)
+            cost = RolloutCost.of(counter, batch.without_images())
             yield SampledChunk(task.stage, task.chunk, images, cost, time.perf_counter())
 
     def take(self, stage: int, picks: dict[int, list[int]]) -> list[TrajectoryBatch]:
@@ -176,7 +167,13 @@ class InProcessLearner:
     def __init__(self, worker):  # learner.learner_worker.LearnerWorker
         self.worker = worker
 
-    def publish(self) -> PublishedWeights:
+    def publish(self, ema: bool = False) -> PublishedWeights:
+        """As `learner.learner_group.RayLearnerGroup.publish`: rollouts get the trained
+        weights; `ema`, the evaluation weights, is for the training grid only."""
+        from learner.learner_worker import EMA_VERSION
+
+        if ema:
+            return PublishedWeights(EMA_VERSION + self.worker.version, self.worker.ema_weights())
         return PublishedWeights(self.worker.version, self.worker.weights())
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusion.sampler import UNetCounter
+from diffusion.trajectory import TrajectoryBatch
 from learner.selection import Selection
 
 
@@ -40,6 +42,12 @@ class RolloutImages:
     images: torch.Tensor  # uint8 [n, 3, H, W]
     seconds: float
 
+    @staticmethod
+    def of(batch: TrajectoryBatch, chunk: int, seconds: float) -> RolloutImages:
+        return RolloutImages(
+            chunk, batch.prompts, batch.trunk_ids, batch.branch_ids, batch.images, seconds
+        )
+
 
 @dataclass(frozen=True)
 class RolloutCost:
@@ -48,6 +56,11 @@ class RolloutCost:
     unet_calls: int  # UNet forward invocations
     unet_evaluations: int  # latents through the UNet (x2 with classifier-free guidance)
     row_bytes: int  # bytes of one kept trajectory row (what the learner may fetch)
+
+    @staticmethod
+    def of(counter: UNetCounter, kept: TrajectoryBatch) -> RolloutCost:
+        """`kept`: the chunk's trajectories as kept for the learner (without images)."""
+        return RolloutCost(counter.calls, counter.evaluations, kept.nbytes() // max(1, len(kept)))
 
 
 @dataclass

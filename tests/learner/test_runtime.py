@@ -311,45 +311,33 @@ def test_killed_rollout_actor_mid_stage(reference_run, tiny_pipeline_dir, tmp_pa
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
 
 
-def test_rollout_actor_lost_before_the_learner_takes_its_rows(
-    reference_run, tiny_pipeline_dir, tmp_path
+@pytest.mark.parametrize(
+    "kind",
+    [
+        # a reward actor dies mid-batch: the batch is scored again on the next one
+        "reward",
+        # the rollout actor keeping a chunk dies (and restarts empty) just before its
+        # selected rows are taken: the chunk is sampled again
+        "take",
+    ],
+)
+def test_an_actor_killed_once_leaves_the_run_as_undisturbed(
+    reference_run, tiny_pipeline_dir, tmp_path, kind
 ):
-    """The actor keeping a chunk dies (and restarts empty) just before its selected rows are
-    taken: the chunk is sampled again and the run ends as an undisturbed one."""
     _, ref_dir, _ = reference_run
     killed = []
 
-    def kill_before_take(kind, stage, chunk, actor):
-        if kind == "take" and stage == 1 and not killed:
+    def kill_once(at, stage, chunk, actor):
+        if at == kind and stage == 1 and not killed:
             killed.append(chunk)
             ray.kill(actor, no_restart=False)
 
     cfg, run_dir, resuming = prepare(
-        _cfg(tiny_pipeline_dir, tmp_path, run_name="tkill"), None, [], False
+        _cfg(tiny_pipeline_dir, tmp_path, run_name=f"{kind}-kill"), None, [], False
     )
-    execute(cfg, run_dir, resuming, on_submit=kill_before_take)
+    execute(cfg, run_dir, resuming, on_submit=kill_once)
     ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
     got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert killed
     assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]
-    assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
-
-
-def test_killed_reward_actor_mid_batch(reference_run, tiny_pipeline_dir, tmp_path):
-    _, ref_dir, _ = reference_run
-    killed = []
-
-    def kill_reward_actor_once(kind, stage, chunk, actor):
-        if kind == "reward" and stage == 1 and not killed:
-            killed.append(chunk)
-            ray.kill(actor, no_restart=False)
-
-    cfg, run_dir, resuming = prepare(
-        _cfg(tiny_pipeline_dir, tmp_path, run_name="rkill"), None, [], False
-    )
-    execute(cfg, run_dir, resuming, on_submit=kill_reward_actor_once)
-    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
-    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert killed
-    assert [r["reward_mean"] for r in ref] == [g["reward_mean"] for g in got]  # rescored
     assert _max_diff(_lora(ref_dir), _lora(run_dir)) <= 1e-6
