@@ -97,7 +97,8 @@ def _read_document(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file as a mapping, by the checked safe loader; ConfigError (one line) if not."""
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; --config takes a YAML file")
     try:
@@ -170,7 +171,7 @@ def _format_error(exc: ValidationError, data: dict[str, Any], source: str) -> st
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """The validated config from a preset (default: the toy B² run) plus overrides."""
     path = Path(path) if path is not None else DEFAULT_PRESET
-    data = _read_yaml(path)
+    data = read_yaml(path)
     overrides = overrides or []
     for item in overrides:
         _apply_override(data, item, str(path))
