@@ -6,7 +6,9 @@
 #   eval "$(bash cluster/start_local_head.sh)"
 #   ray job submit --runtime-env cluster/runtime_env.yaml --working-dir . \
 #       -- python -m learner.main --set stages=2 output_dir=$PWD/runs
-#   bash cluster/stop_local_head.sh          # ends this head only
+#   bash cluster/stop_local_head.sh          # ends this head (and its worker nodes) only
+# RAY_NUM_CPUS (default 4) and RAY_NUM_GPUS (default: the GPUs Ray detects) size the head;
+# started with B2_RAY_JOINABLE=1, cluster/start_local_worker.sh joins more nodes to it.
 set -euo pipefail
 PYTHON="${PYTHON:-python3}"
 TOKEN_FILE="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
@@ -18,6 +20,16 @@ export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN="$(cat "$TOKEN_FILE")"
 export RAY_AUTH_TOKEN
 export RAY_USAGE_STATS_ENABLED=0
+# Ray turns --node-ip-address=127.0.0.1 into the machine's address and binds GCS, raylet and
+# workers on all interfaces, unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: then every port
+# stays on 127.0.0.1, but no other node can join (`ray start --address` refuses, and would
+# turn 127.0.0.1 into the machine's address). B2_RAY_JOINABLE=1 keeps Ray's default, with
+# token authentication guarding the ports, for cluster/start_local_worker.sh.
+if [ "${B2_RAY_JOINABLE:-0}" = 1 ]; then
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1
+else
+  export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+fi
 
 # Unix socket paths must stay short: a temp dir directly under /tmp.
 HEAD_DIR="$(mktemp -d /tmp/b2ray-XXXXXX)"
@@ -38,6 +50,7 @@ setsid ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
   --dashboard-agent-listen-port="$AGENT" --dashboard-agent-grpc-port="$AGENT_GRPC" \
   --runtime-env-agent-port="$RUNTIME_ENV" --metrics-export-port="$METRICS" \
   --temp-dir="$HEAD_DIR" --num-cpus="${RAY_NUM_CPUS:-4}" --disable-usage-stats \
+  ${RAY_NUM_GPUS:+--num-gpus="$RAY_NUM_GPUS"} \
   > "$HEAD_DIR/start.log" 2>&1 < /dev/null || {
   echo "error: ray start failed; its output: $HEAD_DIR/start.log" >&2
   tail -n 5 "$HEAD_DIR/start.log" >&2
@@ -45,6 +58,9 @@ setsid ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
 }
 GCS_PID="$(pgrep -f "gcs_server.*$HEAD_DIR" | head -n 1)"
 ps -o pgid= -p "$GCS_PID" | tr -d ' ' > "$HEAD_DIR/pgid"
+if [ "${B2_RAY_JOINABLE:-0}" = 1 ]; then
+  echo "127.0.0.1:$GCS" > "$HEAD_DIR/gcs_address"  # where start_local_worker.sh joins
+fi
 
 # `ray start` returns before the dashboard agent has registered; a submission before then
 # fails with "No available agent to submit job". Wait for the registration the job
@@ -63,7 +79,8 @@ while time.monotonic() < deadline:
 sys.exit(1)
 PY
 then
-  echo "error: the Ray job agent did not start within ${RAY_HEAD_WAIT_S:-120} s; logs: $HEAD_DIR" >&2
+  echo "error: the Ray job agent did not start within ${RAY_HEAD_WAIT_S:-120} s;" \
+    "logs: $HEAD_DIR" >&2
   kill -TERM -- "-$(cat "$HEAD_DIR/pgid")" 2>/dev/null || true
   exit 1
 fi
