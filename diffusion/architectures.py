@@ -11,7 +11,9 @@ Both folders load with the project's loader and with the stock
 `StableDiffusionPipeline.from_pretrained(DIR)`. `--arch sd3-tiny` writes the tiny random
 SD3 pipeline of `diffusion.tiny` (no T5; 32 px, 16-channel 16 x 16 latents), which loads
 with the project's loader and with `StableDiffusion3Pipeline.from_pretrained(DIR,
-text_encoder_3=None, tokenizer_3=None)`.
+text_encoder_3=None, tokenizer_3=None)`. `--arch sdxl-tiny` writes the tiny random SDXL
+pipeline (32 px, 4-channel 16 x 16 latents, DDIM), which loads with the project's loader and
+with `StableDiffusionXLPipeline.from_pretrained(DIR)`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from diffusion.tiny import clip_tokenizer, sd_scheduler, tiny_sd3_pipeline
+from diffusion.tiny import clip_tokenizer, sd_scheduler, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m diffusion.architectures", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--arch", choices=[*sorted(ARCHITECTURES), "sd3-tiny"], default="sd15-reduced")
+    tiny = {"sd3-tiny": tiny_sd3_pipeline, "sdxl-tiny": tiny_sdxl_pipeline}
+    p.add_argument("--arch", choices=[*sorted(ARCHITECTURES), *tiny], default="sd15-reduced")
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -176,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out.parent, prefix=f".{args.out.name}-") as tmp:
-        if args.arch == "sd3-tiny":
-            pipe = tiny_sd3_pipeline(seed=args.seed)
+        if args.arch in tiny:
+            pipe = tiny[args.arch](seed=args.seed)
         else:
             pipe = random_pipeline(ARCHITECTURES[args.arch], args.seed)
         pipe.save_pretrained(tmp)

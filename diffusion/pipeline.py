@@ -1,6 +1,6 @@
 """Load a diffusers text-to-image pipeline (local directory or hub id) for RL.
 
-The pipeline's family (`diffusion.families`: SD-1.x/2.x or SD3) is read from its
+The pipeline's family (`diffusion.families`: SD-1.x/2.x, SDXL or SD3) is read from its
 model_index.json. Only the parts RL needs are kept (denoiser, text encoders, tokenizers,
 VAE) and the scheduler is the family's policy scheduler (DDIM for SD, flow-matching Euler
 for SD3), built from the pipeline's own scheduler config. The toy world, Stable Diffusion
@@ -149,6 +149,8 @@ class DiffusionModel:
     tokenizer_2: object = None
     text_encoder_3: torch.nn.Module | None = None
     tokenizer_3: object = None
+    # the pipeline's force_zeros_for_empty_prompt (SDXL): the empty prompt encodes to zeros
+    zero_empty_prompt: bool = False
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -302,6 +304,7 @@ def from_pipeline(
         dtype=dtype,
         autocast=autocast,
         family=family,
+        zero_empty_prompt=bool(pipe.config.get("force_zeros_for_empty_prompt", False)),
         **optional,
     )
 

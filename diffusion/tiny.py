@@ -1,4 +1,4 @@
-"""Build small Stable-Diffusion-shaped pipelines (SD-1.x and SD3) from configs, no download.
+"""Build small Stable-Diffusion-shaped pipelines (SD-1.x, SDXL, SD3) from configs, no download.
 
 Used by the test fixtures (random weights) and by the toy world's builder (which then
 trains them). The tokenizer is the real CLIP BPE tokenizer, built from the vocabulary that
@@ -21,6 +21,7 @@ from diffusers import (
     SD3Transformer2DModel,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
 from transformers import (
@@ -52,8 +53,9 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(keep, map(chr, chars), strict=True))
 
 
-def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
-    """Stable Diffusion's CLIP tokenizer, rebuilt offline from open_clip's BPE file."""
+def clip_tokenizer(max_length: int = 77, pad_token: str = "<|endoftext|>") -> CLIPTokenizer:
+    """Stable Diffusion's CLIP tokenizer, rebuilt offline from open_clip's BPE file (SDXL's
+    second tokenizer pads with "!")."""
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     with gzip.open(bpe, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
@@ -70,7 +72,7 @@ def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
             str(vocab_file),
             str(merges_file),
             model_max_length=max_length,
-            pad_token="<|endoftext|>",
+            pad_token=pad_token,
         )
         # load fully into memory before the files go away
         tok = CLIPTokenizer.from_pretrained(_save(tok, Path(tmp) / "tok"))
@@ -278,4 +280,75 @@ def tiny_sd3_pipeline(
         tokenizer_2=tokenizer,
         text_encoder_3=text_encoder_3,
         tokenizer_3=tokenizer_3,
+    )
+
+
+def tiny_sdxl_pipeline(
+    image_size: int = 32,
+    unet_channels: tuple[int, ...] = (32, 64),
+    text_widths: tuple[int, int] = (32, 48),
+    projection_dim: int = 40,
+    time_embed_dim: int = 8,
+    max_length: int = 16,
+    seed: int = 0,
+) -> StableDiffusionXLPipeline:
+    """A random SDXL pipeline: SDXL's UNet layout (text_time added conditioning, linear
+    attention projections, two transformer layers at the lowest level), a VAE with SDXL's
+    scaling and one 2x downsampling (latents image/2, 4 channels), CLIPTextModel and
+    CLIPTextModelWithProjection of different widths (their states side by side are the
+    cross-attention width; the second's projection the pooled embedding), DDIM."""
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=image_size,
+        scaling_factor=0.13025,
+        mid_block_add_attention=False,
+    )
+    n = len(unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=image_size // 2,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=unet_channels,
+        down_block_types=("DownBlock2D",) * (n - 1) + ("CrossAttnDownBlock2D",),
+        up_block_types=("CrossAttnUpBlock2D",) + ("UpBlock2D",) * (n - 1),
+        layers_per_block=1,
+        transformer_layers_per_block=(1,) * (n - 1) + (2,),
+        cross_attention_dim=sum(text_widths),
+        attention_head_dim=8,
+        norm_num_groups=8,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        projection_class_embeddings_input_dim=6 * time_embed_dim + projection_dim,
+    )
+
+    def clip_config(width: int) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=width,
+            intermediate_size=width * 2,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=max_length,
+            projection_dim=projection_dim,
+        )
+
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(clip_config(text_widths[0])),
+        text_encoder_2=CLIPTextModelWithProjection(clip_config(text_widths[1])),
+        tokenizer=clip_tokenizer(max_length),
+        tokenizer_2=clip_tokenizer(max_length, pad_token="!"),
+        unet=unet,
+        scheduler=sd_scheduler(),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
     )

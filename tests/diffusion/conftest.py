@@ -44,3 +44,42 @@ def sd3_cfg(tiny_cfg, tiny_sd3_dir):
             "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
         }
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> str:
+    """The tiny random SDXL pipeline, written by `python -m diffusion.architectures`."""
+    from diffusion.architectures import main
+
+    path = tmp_path_factory.mktemp("tiny_sdxl") / "pipeline"
+    assert main(["--arch", "sdxl-tiny", "--out", str(path)]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def _tiny_sdxl_once(tiny_sdxl_dir):
+    from configs.schema import ModelConfig
+    from diffusion.pipeline import load_model
+
+    return load_model(ModelConfig(pretrained=tiny_sdxl_dir), torch.device("cpu"))
+
+
+@pytest.fixture()
+def tiny_sdxl(_tiny_sdxl_once):
+    """A fresh copy per test: trainers attach LoRA to the UNet in place."""
+    return copy.deepcopy(_tiny_sdxl_once)
+
+
+@pytest.fixture()
+def sdxl_cfg(tiny_cfg, tiny_sdxl_dir):
+    """The tiny SD world's config on the SDXL pipeline (DDIM eta 1), smaller: 4 steps,
+    2 trunks x 3 branches, two stages training the last 2, then 3 steps."""
+    sampling = {"eta": 1.0, "num_steps": 4, "trunks_per_stage": 2, "branches": 3}
+    return tiny_cfg.model_copy(
+        update={
+            "stages": 2,
+            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_sdxl_dir}),
+            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
+            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
+        }
+    )
