@@ -37,8 +37,8 @@ class ModelConfig(Section):
         False,
         description="On a CUDA GPU, let float32 matrix products and convolutions run in TF32 "
         "(faster, about 1e-3 relative error; PyTorch allows it for convolutions by default). "
-        "Off: TF32 breaks the ratio-1 identity of PPO at unchanged weights a thousandfold, and "
-        "DDPO runs on the toy world collapsed with it (docs/archive/RESULTS-history.md). "
+        "Off: TF32 breaks the ratio-1 identity of PPO at unchanged weights a thousandfold and "
+        "can collapse training (docs/RESULTS.md). "
         "No effect on float16 / bfloat16 models or on the CPU.",
     )
     autocast: Literal["none", "bf16", "fp16"] = Field(
@@ -225,6 +225,16 @@ class TrainConfig(Section):
         "micro-batches' approx. KL to the sampling policy exceeds this. None: never.",
     )
     shuffle_timesteps: bool = True
+    ema: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="Decay of an exponential moving average of the LoRA weights, updated "
+        "after every optimizer step (ema = decay * ema + (1 - decay) * weights, starting at "
+        "the initial LoRA). The average is what evaluation, the training grid and the "
+        "exported LoRA use; rollouts keep sampling with the trained weights, so the PPO "
+        "ratio stays on-policy. None: off.",
+    )
     lora: LoraConfig = LoraConfig()
 
 

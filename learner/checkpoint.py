@@ -3,6 +3,8 @@
 A stage directory holds `lora.safetensors`, `optimizer.safetensors` (AdamW moments and the
 torch RNG state) and `state.json` (stage index, schedule position, weights version,
 per-prompt reward history, optimizer hyper-parameters, checksums of the two tensor files).
+With `train.ema` on it also holds `ema.safetensors`, the moving average of the LoRA (its
+checksum in state.json too; a run without EMA has no such file).
 It is written under a temporary name and renamed into place, so a crash mid-write leaves
 the previous checkpoint as the last complete one. Nothing here unpickles anything.
 With several learner ranks (`runtime.learner_workers`) it holds rank 0's state: the ranks
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 STAGE_PREFIX = "stage_"
 FILES = ("lora.safetensors", "optimizer.safetensors")
+EMA_FILE = "ema.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -43,6 +46,7 @@ class LearnerState:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     advantages: dict[str, Any]
     rng: torch.Tensor
+    ema: dict[str, torch.Tensor] | None = None  # train.ema's average of the LoRA; None: off
 
 
 def sha256(path: Path) -> str:
@@ -91,16 +95,20 @@ def save(run_dir: Path, state: LearnerState) -> Path:
         opt_tensors, groups, scalars = _optimizer_tensors(state.optimizer)
         opt_tensors["rng.torch"] = state.rng
         save_file(opt_tensors, tmp / FILES[1])
+        names = FILES
+        if state.ema is not None:
+            save_file({k: v.contiguous() for k, v in state.ema.items()}, tmp / EMA_FILE)
+            names = (*FILES, EMA_FILE)
         meta = {
             "stage": state.stage,
             "split_step": state.split_step,
             "version": state.version,
             "advantages": state.advantages,
             "optimizer": {"param_groups": groups, "scalars": scalars},
-            "checksums": {name: sha256(tmp / name) for name in FILES},
+            "checksums": {name: sha256(tmp / name) for name in names},
         }
         (tmp / "state.json").write_text(json.dumps(meta), encoding="utf-8")
-        for name in (*FILES, "state.json"):
+        for name in (*names, "state.json"):
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         if final.exists():
@@ -117,8 +125,11 @@ def load(path: Path) -> LearnerState:
     if why is not None:
         raise CheckpointError(f"{why}; not a complete checkpoint")
     meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    for name in FILES:
+    with_ema = EMA_FILE in meta["checksums"]
+    for name in (*FILES, EMA_FILE) if with_ema else FILES:
         file = path / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing; not a complete checkpoint")
         if sha256(file) != meta["checksums"].get(name):
             raise CheckpointError(f"{file}: checksum does not match state.json; refusing it")
     lora = load_file(path / FILES[0])
@@ -135,6 +146,7 @@ def load(path: Path) -> LearnerState:
         optimizer=optimizer,
         advantages=meta["advantages"],
         rng=rng,
+        ema=load_file(path / EMA_FILE) if with_ema else None,
     )
 
 

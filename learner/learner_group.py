@@ -116,8 +116,10 @@ class RayLearnerGroup:
         why = (str(exc).strip().splitlines() or [""])[0][:200] if exc is not None else ""
         raise LearnerLost(f"learner rank {rank} died" + (f" ({why})" if why else ""))
 
-    def publish(self) -> PublishedWeights:
-        ((version, (ref,)),) = self._get([self.lead.publish.remote()])
+    def publish(self, ema: bool = False) -> PublishedWeights:
+        """The weights rollouts sample with; `ema`: the evaluation weights under their own
+        version (`LearnerWorker.publish`), for the training grid only."""
+        ((version, (ref,)),) = self._get([self.lead.publish.remote(ema)])
         return PublishedWeights(version, ref)
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
@@ -154,6 +156,10 @@ class RayLearnerGroup:
 
     def weights(self) -> dict:
         return self._get([self.lead.weights.remote()])[0]
+
+    def ema_weights(self) -> dict:
+        """What evaluation and the exported LoRA use (`LearnerWorker.ema_weights`)."""
+        return self._get([self.lead.ema_weights.remote()])[0]
 
     def comm_bytes(self) -> list[dict[str, int]]:
         return ray.get([a.comm_bytes.remote() for a in self.ranks])

@@ -25,6 +25,10 @@ from learner.records import Rows, Selected
 from learner.selection import compact, select
 from learner.update import PolicyTrainer, UpdateStats
 
+# the EMA weights are published as version EMA_VERSION + v: a version no rollout samples
+# with, so the next stage's sync hands the rollouts the trained weights again
+EMA_VERSION = 1 << 40
+
 
 class LearnerWorker:
     def __init__(
@@ -47,6 +51,12 @@ class LearnerWorker:
     # -- one stage ------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
         return self.trainer.weights()
+
+    def ema_weights(self) -> dict[str, torch.Tensor]:
+        """The weights to evaluate and export: the moving average with `train.ema`, else
+        the trained weights. Never the ones rollouts sample with (`publish`)."""
+        ema = self.trainer.ema_weights()
+        return self.weights() if ema is None else ema
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
         adv = self.advantages(rows.prompts, rows.trunk_ids, rewards, stage)
@@ -74,12 +84,14 @@ class LearnerWorker:
             optimizer=self.trainer.optimizer.state_dict(),
             advantages=self.advantages.state_dict(),
             rng=torch.get_rng_state(),
+            ema=self.trainer.ema_weights(),
         )
 
     def restore(self, state: LearnerState, source: str) -> int:
         """Continue from `state`; the optimizer's hyper-parameters stay this config's (a
         forced resume may change them), only its moments come from the checkpoint."""
         self.trainer.load_weights(state.lora, source)
+        self.trainer.load_ema(state.ema, source)
         optimizer = self.trainer.optimizer
         settings = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
         optimizer.load_state_dict(state.optimizer)
@@ -94,7 +106,7 @@ class LearnerWorker:
         """A digest of the LoRA and the optimizer state: equal on every rank, or the ranks
         have drifted apart (and a checkpoint of rank 0 would not cover the others)."""
         h = hashlib.sha256()
-        tensors = list(self.weights().values())
+        tensors = list(self.weights().values()) + list((self.trainer.ema_weights() or {}).values())
         for slots in self.trainer.optimizer.state_dict()["state"].values():
             tensors += [slots[k] for k in sorted(slots) if isinstance(slots[k], torch.Tensor)]
         for t in tensors:
@@ -117,11 +129,14 @@ class LearnerWorker:
     def join_group(self, address: str, port: int, rank: int, size: int) -> int:
         return self.join(ProcessGroup(address, port, rank, size, self.trainer.model.device))
 
-    def publish(self) -> tuple[int, list]:
+    def publish(self, ema: bool = False) -> tuple[int, list]:
         """(version, [one `ray.put` of the LoRA]): in a list so that Ray hands the caller
-        the reference rather than the value."""
+        the reference rather than the value. `ema`: the evaluation weights (`ema_weights`)
+        under their own version, for the training grid; rollouts get the default."""
         import ray
 
+        if ema:
+            return EMA_VERSION + self.version, [ray.put(self.ema_weights())]
         return self.version, [ray.put(self.weights())]
 
     def comm_bytes(self) -> dict[str, int]:

@@ -41,9 +41,9 @@ from learner.resume import (
     save_config,
 )
 from learner.schedule import split_step
-from learner.stage import run_stage, stage_rows
+from learner.stage import run_stage, sampler_settings, stage_rows
 from learner.tracking import Tracker
-from learner.training_grid import save_training_grid
+from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows, save_training_grid
 
 
 class ResumeError(RuntimeError):
@@ -75,6 +75,10 @@ def connect(cfg: Config) -> bool:
 
 
 def _init_local(cfg: Config) -> None:
+    # a local Ray that is not told it is a single machine binds its ports on every
+    # interface (measured on Ray 2.60, `_node_ip_address` notwithstanding); this keeps them
+    # all on 127.0.0.1, which is also why no other node can join it
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     rt = cfg.runtime
     cpus = (
         rt.rollout_actors * rt.rollout_cpus
@@ -246,7 +250,12 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             grid = cfg.logging.grid_every > 0 and (
                 stage % cfg.logging.grid_every == 0 or stage == cfg.stages - 1
             )
-            record, state_now = _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid)
+            ema = cfg.train.ema is not None  # its grid is drawn after the stage, as evaluated
+            record, state_now = _run_stage(
+                cfg, cluster, train_prompts, run_dir, stage, grid and not ema
+            )
+            if grid and ema:
+                _ema_grid(cfg, cluster, train_prompts, stage, record)
             t1 = time.perf_counter()
             metrics = record.metrics()
             if record.grid_images is not None:
@@ -276,7 +285,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
                 print(note, file=sys.stderr, flush=True)
                 onpolicy_warned = True
         lora_dir = run_dir / "lora"
-        final = cluster.learner.weights()
+        final = cluster.learner.ema_weights()  # train.ema's average, else the trained LoRA
         export_lora(final, cfg.train.lora, lora_dir)
         tracker.artifact(lora_dir, "lora")
         status = "FINISHED"
@@ -298,6 +307,22 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run_dir / "summary.json")
     return summary
+
+
+def _ema_grid(cfg, cluster, train_prompts, stage, record) -> None:
+    """The stage's training grid from the EMA weights (train.ema), drawn as `run_stage`
+    draws it from the trained ones; they go out under their own version, so the next
+    stage's rollouts are handed the trained weights again."""
+    t0 = time.perf_counter()
+    record.grid_prompts = grid_rows(train_prompts)
+    record.grid_images = cluster.groups.rollouts.sample_fixed(
+        cluster.learner.publish(ema=True),
+        record.grid_prompts,
+        sampler_settings(cfg, stage),
+        GRID_SEED,
+        GRID_STREAM,
+    )
+    record.seconds["grid"] = time.perf_counter() - t0
 
 
 def _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid):

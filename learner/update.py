@@ -11,6 +11,11 @@ whose gradients add up to the shard's, `train.gradient_checkpointing` recomputes
 activations in the backward pass, and `model.autocast` (`diffusion.pipeline.set_autocast`)
 runs the UNet in half precision, with torch's GradScaler for fp16; the LoRA and its
 optimizer state stay float32.
+With `train.ema` the trainer also keeps an exponential moving average of the LoRA, updated
+after every optimizer step: the weights that evaluation, the training grid and the exported
+LoRA use. Rollouts never sample with it: the PPO ratio divides by the log-probs of the
+weights that sampled the batch, and the average is not those weights (the update would be
+off-policy from its first step).
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ class UpdateStats:
     onpolicy_ratio_dev_mean: float = 0.0
     onpolicy_transitions: int = 0
     onpolicy_exceeded: int = 0  # 1 when the max is above train.onpolicy_tolerance
+    # latents through the UNet in training, all ranks: every trained latent counts its
+    # forward and its backward pass (x2 with classifier-free guidance, as sampling's
+    # unet_evaluations), a pretrained-model forward for the KL penalty counts once
+    update_unet_evaluations: int = 0
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -74,6 +83,10 @@ class PolicyTrainer:
         # fp16 gradients underflow without loss scaling; bf16 has float32's range
         fp16 = model.autocast == torch.float16
         self.scaler = torch.amp.GradScaler(model.device.type) if fp16 else None
+        self._named = [(n, p) for n, p in model.unet.named_parameters() if "lora_" in n]
+        self.ema: dict[str, torch.Tensor] | None = None
+        if t.ema is not None:
+            self.reset_ema()
 
     # -- weights -------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -81,6 +94,42 @@ class PolicyTrainer:
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str = "") -> None:
         load_lora_state(self.model.unet, state, source)
+
+    # -- exponential moving average (train.ema) ---------------------------------------------
+    @torch.no_grad()
+    def reset_ema(self) -> None:
+        """Start the average at the current LoRA (a run's first stage, or a resume from a
+        checkpoint saved without one)."""
+        self.ema = {n: p.detach().float().clone() for n, p in self._named}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        decay = self.cfg.train.ema
+        for n, p in self._named:
+            self.ema[n].mul_(decay).add_(p.detach().float(), alpha=1.0 - decay)
+
+    def ema_weights(self) -> dict[str, torch.Tensor] | None:
+        """The average as a flat CPU dict keyed as `weights()`; None with train.ema off."""
+        if self.ema is None:
+            return None
+        return {n: t.detach().to("cpu", copy=True) for n, t in self.ema.items()}
+
+    def load_ema(self, state: dict[str, torch.Tensor] | None, source: str = "") -> None:
+        """Restore the average (train.ema on): from `state`, or, if the checkpoint has none,
+        from the current LoRA. With train.ema off it is ignored."""
+        if self.cfg.train.ema is None:
+            self.ema = None
+            return
+        if state is None:
+            self.reset_ema()
+            return
+        names = [n for n, _ in self._named]
+        if sorted(state) != sorted(names):
+            missing = sorted(set(names) - set(state)) or sorted(set(state) - set(names))
+            raise ValueError(f"{source}: EMA tensors do not match the LoRA (e.g. {missing[0]})")
+        self.ema = {n: state[n].to(p.device, torch.float32).clone() for n, p in self._named}
 
     # -- forward -------------------------------------------------------------------------
     def _forward(
@@ -232,6 +281,8 @@ class PolicyTrainer:
         # per interval step: whether the KL penalty covers it (loss.kl_from_step)
         kl_on = torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step
         kl_sum = 0.0
+        guided = 1 if cfg.sampling.guidance_scale == 1.0 else 2
+        evaluations = 0  # this rank's trained latents x guidance x 2 (forward and backward)
         s = batch.interval
         unit_cost = np.full(len(units), s * units.shape[1])  # trajectory-steps of each unit
         with_kl = cfg.loss.kl_coef > 0
@@ -239,9 +290,12 @@ class PolicyTrainer:
             kl_rows = np.unique(units)
             kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
             base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
+            stats.update_unet_evaluations += len(kl_rows) * s * guided  # every rank's share
 
         def term(unit_rows: torch.Tensor, steps: torch.Tensor):
             """Loss, diagnostics, (new, old) log-probs and KLs of one step of some units."""
+            nonlocal evaluations
+            evaluations += unit_rows.numel() * guided * 2  # each is forwarded and backwarded
             terms, kls = [], []
             for col in range(unit_rows.shape[1]):
                 rows = unit_rows[:, col]
@@ -314,8 +368,10 @@ class PolicyTrainer:
                     step_kl, step_terms = 0.0, 0
                     if self._optimizer_step(grad_norms):
                         stats.optimizer_steps += 1
+                        self._update_ema()
         keys = ("loss", "approx_kl", "clip_fraction", "ratio_mean")
-        *totals, kl_sum = group.sum([*(sums[k] for k in keys), kl_sum])
+        *totals, kl_sum, evaluations = group.sum([*(sums[k] for k in keys), kl_sum, evaluations])
+        stats.update_unet_evaluations += int(round(evaluations))
         for k, total in zip(keys, totals, strict=True):
             setattr(stats, k, total / n_terms)
         stats.ratio_min, stats.ratio_max = group.min(ratio_min), group.max(ratio_max)
