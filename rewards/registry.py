@@ -46,6 +46,8 @@ BUILTINS: dict[str, str] = {
     "jpeg_compressibility": "rewards.scorers:JpegCompressibility",
     "custom": "rewards.scorers:Custom",
     "remote": "rewards.remote:RemoteReward",
+    "pickscore": "rewards.preference:PickScore",
+    "aesthetic": "rewards.preference:Aesthetic",
 }
 
 _registered: dict[str, type[Reward] | Callable] = {}
