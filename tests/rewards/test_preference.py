@@ -23,8 +23,7 @@ def _images(n: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def tiny_pickscore(tmp_path_factory) -> str:
     """A CLIPModel with 1-layer, 32-wide towers and its CLIPProcessor in one folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-    from transformers import CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
     small["num_attention_heads"] = 2
@@ -89,7 +88,7 @@ def _head(path, widths, seed=0):
     weights), here over a narrower input."""
     g = torch.Generator().manual_seed(seed)
     state = {}
-    for index, (a, b) in zip((0, 2, 4, 6, 7), zip(widths, widths[1:]), strict=False):
+    for index, (a, b) in zip((0, 2, 4, 6, 7), zip(widths, widths[1:], strict=False), strict=False):
         state[f"layers.{index}.weight"] = torch.randn(b, a, generator=g) / a**0.5
         state[f"layers.{index}.bias"] = torch.randn(b, generator=g)
     save_file(state, str(path))
