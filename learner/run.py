@@ -76,9 +76,14 @@ def connect(cfg: Config) -> bool:
 
 def _init_local(cfg: Config) -> None:
     # a local Ray that is not told it is a single machine binds its ports on every
-    # interface (measured on Ray 2.60, `_node_ip_address` notwithstanding); this keeps them
-    # all on 127.0.0.1, which is also why no other node can join it
+    # interface (measured on Ray 2.60, `_node_ip_address` notwithstanding). Ray reads the
+    # switch once, at import, in the driver, so it is set there too: every port stays on
+    # 127.0.0.1 (and no other node can join). RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=1 opts out.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
     rt = cfg.runtime
     cpus = (
         rt.rollout_actors * rt.rollout_cpus

@@ -3,6 +3,7 @@ would otherwise write it with the umask (0644: any user of the machine could rea
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import subprocess
@@ -57,9 +58,9 @@ def test_no_file_without_token_mode_or_with_the_token_in_the_environment(home, m
 
 
 LOCAL_RAY = """
-import os, stat
+import json, os, stat
 from pathlib import Path
-import ray
+import psutil, ray
 from configs.schema import Config
 from learner.run import connect
 cfg = Config.model_validate({"runtime": {"rollout_actors": 1, "reward_actors": 1}})
@@ -67,6 +68,11 @@ assert connect(cfg)
 try:
     token = Path.home() / ".ray" / "auth_token"
     assert ray.get(ray.remote(lambda: 1).remote()) == 1
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    listening = {
+        c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.pid in ours
+    }
+    print(json.dumps(sorted(listening)))
     print(os.environ.get("RAY_AUTH_MODE"), oct(stat.S_IMODE(token.stat().st_mode)))
 finally:
     ray.shutdown()
@@ -87,3 +93,7 @@ def test_local_ray_runs_with_token_auth_on_a_private_token_file(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-2:] == ["token", "0o600"], out.stdout
+    # every port the local Ray listens on is a loopback one (Ray binds all interfaces
+    # unless told it is not a cluster: learner.run._init_local does)
+    listening = json.loads(out.stdout.splitlines()[-2])
+    assert listening and set(listening) <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listening
