@@ -10,45 +10,14 @@ import torch
 from configs.schema import RewardTerm
 from rewards.captioner import TransformersCaptioner, load_captioner
 from rewards.registry import RewardSetupError, build
-from rewards.scorers import check_terms, default_bert_model
+from rewards.scorers import check_terms
+from rewards.tiny import save_tiny_blip
 
 
 @pytest.fixture(scope="module")
 def tiny_blip(tmp_path_factory) -> str:
-    """BlipForConditionalGeneration with 1-layer, 32-wide text and vision towers and the
-    bundled MiniLM's BERT tokenizer, saved with save_pretrained (safetensors)."""
-    from transformers import (
-        AutoTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
-    tok = AutoTokenizer.from_pretrained(default_bert_model())
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
-    config = BlipConfig(
-        text_config={
-            **small,
-            "num_attention_heads": 2,
-            "vocab_size": len(tok) + 1,
-            "max_position_embeddings": 64,
-            "bos_token_id": len(tok),  # BLIP's decoder start token, past the BERT vocabulary
-            "sep_token_id": tok.sep_token_id,
-            "eos_token_id": tok.sep_token_id,
-            "pad_token_id": tok.pad_token_id,
-        },
-        vision_config={**small, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("blip")
-    BlipForConditionalGeneration(config).save_pretrained(folder)
-    size = {"height": 32, "width": 32}
-    BlipProcessor(image_processor=BlipImageProcessor(size=size), tokenizer=tok).save_pretrained(
-        folder
-    )
-    assert not list(folder.glob("*.bin"))
+    folder = save_tiny_blip(tmp_path_factory.mktemp("blip"))
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
     return str(folder)
 
 

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from configs.schema import RewardTerm
 from rewards.registry import RewardSetupError, build
+from rewards.tiny import save_tiny_clip
 
-TOY_TOKENIZER = "toyworld/assets/pipeline/tokenizer"  # CLIP's BPE vocabulary
 TOY_CLIP = "toyworld/assets/clip/toy_clip.safetensors"
 
 
@@ -22,26 +22,7 @@ def _images(n: int) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def tiny_pickscore(tmp_path_factory) -> str:
-    """A CLIPModel with 1-layer, 32-wide towers and its CLIPProcessor in one folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
-    small["num_attention_heads"] = 2
-    config = CLIPConfig(
-        text_config={**small, "vocab_size": 49408, "max_position_embeddings": 16},
-        vision_config={**small, "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("pickscore")
-    CLIPModel(config).save_pretrained(folder)
-    size = {"shortest_edge": 32}
-    processor = CLIPProcessor(
-        image_processor=CLIPImageProcessor(size=size, crop_size={"height": 32, "width": 32}),
-        tokenizer=CLIPTokenizer.from_pretrained(TOY_TOKENIZER),
-    )
-    processor.save_pretrained(folder)
-    return str(folder)
+    return str(save_tiny_clip(tmp_path_factory.mktemp("pickscore")))
 
 
 def test_pickscore_is_scaled_cosine_of_the_clip_embeddings(tiny_pickscore):
