@@ -140,7 +140,7 @@ class DiffusionModel:
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: object
-    scheduler: object  # the family's: DDIMScheduler (sd), FlowMatchEulerDiscreteScheduler
+    scheduler: object  # the family's: DDIMScheduler (sd, sdxl), FlowMatchEulerDiscreteScheduler
     device: torch.device
     dtype: torch.dtype
     autocast: torch.dtype | None = None  # what the denoiser computes in under torch.autocast

@@ -114,6 +114,9 @@ def test_branches_share_a_trunk_and_recompute_to_ratio_one(tiny_sdxl, sdxl_cfg):
 
 
 def test_two_b2_stages_train_the_sdxl_lora_in_process(tiny_sdxl, sdxl_cfg):
+    # the sdxl_b2 preset's memory options: checkpointed UNet, micro-batches of 2
+    train = sdxl_cfg.train.model_copy(update={"gradient_checkpointing": True, "micro_batch": 2})
+    sdxl_cfg = sdxl_cfg.model_copy(update={"train": train})
     trainer = PolicyTrainer(tiny_sdxl, sdxl_cfg)
     adv = Advantages(sdxl_cfg.advantage)
     before = {k: v.clone() for k, v in trainer.weights().items()}
@@ -132,3 +135,4 @@ def test_two_b2_stages_train_the_sdxl_lora_in_process(tiny_sdxl, sdxl_cfg):
     assert splits == [2, 3]  # backward: the interval grows towards x_T
     after = trainer.weights()
     assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert tiny_sdxl.unet.is_gradient_checkpointing
