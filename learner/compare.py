@@ -6,7 +6,8 @@ params). Writes DIR/comparison.md (final training metrics and the evaluation num
 errors, and a ranking where the runs' evaluations are paired, `learner.pairing`),
 DIR/reward.png (stage reward against images sampled), DIR/eval.png (held-out alignment and
 diversity per run, against images sampled where several checkpoints of a run were
-evaluated; standard-error bars, axes from 0) and DIR/side_by_side.png (the same prompts
+evaluated; standard-error bars, axes from 0; one panel more for each configured reward
+term the evaluations report, reward_<key>) and DIR/side_by_side.png (the same prompts
 and noise, one column per run). Metric names are the ones logged to MLflow, so its own run
 comparison lines up with this table.
 """
@@ -42,7 +43,13 @@ from learner.pairing import (  # noqa: E402
 )
 
 SPLITS = ("train", "test")
-METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
+
+
+def run_metrics(runs: list[RunData]) -> list[str]:
+    """The evaluation metrics, then every reward_<key> any run's evaluations report."""
+    from learner.evaluate import metric_names
+
+    return metric_names([s for r in runs for e in r.evals for s in e["splits"].values()])
 
 
 @dataclass
@@ -107,12 +114,13 @@ def _cell(split_result: dict | None, metric: str) -> str:
 
 def write_table(runs: list[RunData], out: Path) -> Path:
     lines = ["# Run comparison", ""]
+    metrics = run_metrics(runs)
     lines.append(
         "| run | algorithm | seed | stages | images | final reward_mean | "
-        + " | ".join(f"{s} {c}" for s in SPLITS for c in ("evaluation", *METRICS))
+        + " | ".join(f"{s} {c}" for s in SPLITS for c in ("evaluation", *metrics))
         + " |"
     )
-    lines.append("|" + "---|" * (6 + 2 * (1 + len(METRICS))))
+    lines.append("|" + "---|" * (6 + 2 * (1 + len(metrics))))
     labels = [r.label for r in runs]
     choices = {split: _choose(runs, split) for split in SPLITS}
     for i, r in enumerate(runs):
@@ -124,7 +132,7 @@ def write_table(runs: list[RunData], out: Path) -> Path:
             e = choices[split].evals[i]
             shown = None if e is None else e["splits"][split]
             cells.append("-" if e is None else describe_eval(e, split))
-            cells += [_cell(shown, m) for m in METRICS]
+            cells += [_cell(shown, m) for m in metrics]
         lines.append(
             f"| {r.label} | {r.algorithm} | {r.seed} | {len(r.stages)} | {int(images)} | "
             f"{'-' if reward is None else f'{reward:.4f}'} | " + " | ".join(cells) + " |"
@@ -175,12 +183,17 @@ def plot_reward(runs: list[RunData], out: Path) -> Path:
 def plot_eval(runs: list[RunData], out: Path) -> Path:
     """Held-out alignment and diversity of each run's evaluations (those paired with the
     one `choose` shows) against images sampled, with standard-error bars and axes from 0,
-    so a difference within the noise does not fill the plot."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    so a difference within the noise does not fill the plot: alignment, diversity, then
+    one panel per configured reward term the evaluations report."""
     choice = _choose(runs, "test")
     shown = [e["splits"]["test"] for e in choice.evals if e is not None]
     toy = bool(shown) and shown[0].get("oracle_accuracy") is not None
     key = "oracle_accuracy" if toy else "clip_score"
+    from learner.evaluate import REWARD_PREFIX, metric_names
+
+    panels = [key, "diversity", *(m for m in metric_names(shown) if m.startswith(REWARD_PREFIX))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    axes = axes[0]
     for r, chosen in zip(runs, choice.evals, strict=True):
         if chosen is None:
             continue
@@ -189,19 +202,21 @@ def plot_eval(runs: list[RunData], out: Path) -> Path:
             for e in r.evals
             if "test" in e["splits"] and pairing(e, "test") == pairing(chosen, "test")
         )
-        xs = [x for x, _ in pts]
-        for ax, metric in zip(axes, (key, "diversity"), strict=True):
-            errors = [stderr(s, metric) for _, s in pts]
+        for ax, metric in zip(axes, panels, strict=True):
+            have = [(x, s) for x, s in pts if s.get(metric) is not None]
+            if not have:
+                continue
+            errors = [stderr(s, metric) for _, s in have]
             ax.errorbar(
-                xs,
-                [s[metric] for _, s in pts],
+                [x for x, _ in have],
+                [s[metric] for _, s in have],
                 yerr=None if None in errors else errors,
                 marker="o",
                 capsize=3,
                 label=r.label,
             )
-    axes[0].set_ylabel(f"held-out {key} (± standard error)")
-    axes[1].set_ylabel("held-out diversity (± standard error)")
+    for ax, metric in zip(axes, panels, strict=True):
+        ax.set_ylabel(f"held-out {metric} (± standard error)")
     for ax in axes:
         ax.set_xlabel("images sampled")
         ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))  # 0 in view, as the scale

@@ -7,11 +7,14 @@
 N images per prompt (or about N per split, spread evenly over its prompts) from fixed
 noise (the same for every checkpoint), scored with
 - clip_score: mean cosine of open_clip image/prompt embeddings (the config's clip reward),
-- bert_score: mean BERTScore F1 of a caption of the image vs the prompt (toy prompts: the
-  toy world's describer; bundled MiniLM),
+- bert_score: mean BERTScore F1 of a caption of the image vs the prompt, through the
+  config's bert_score term where it has one (its captioner: BLIP, LLaVA-style, any prompts)
+  else the toy world's describer and the bundled MiniLM (toy prompts only),
 - diversity: mean pairwise cosine distance (1 - cos) of the open_clip IMAGE embeddings
   among the images of one prompt, averaged over prompts,
-- oracle_accuracy (toy prompts): share of images the exact checker judges correct;
+- oracle_accuracy (toy prompts): share of images the exact checker judges correct,
+- reward_<key>: every other reward term of the config (pickscore, aesthetic, remote, a
+  plug-in; keyed as in training, `rewards.composite.term_keys`), unweighted mean;
 each with its standard error (`learner.eval_stats`). The JSON goes to RUN/eval/ (`base`:
 OUTPUT_DIR/eval/), named by checkpoint, size, seed and split (`result_name`).
 """
@@ -44,6 +47,13 @@ EVAL_STAGE = 1_000_000  # a noise stream no training stage uses
 MAX_IMAGES_PER_SPLIT = 20_000
 TOO_MANY = f"at most {MAX_IMAGES_PER_SPLIT} images per split (held in memory together)"
 METRICS = ("clip_score", "bert_score", "diversity", "oracle_accuracy")
+REWARD_PREFIX = "reward_"
+
+
+def metric_names(split_results: list[dict]) -> list[str]:
+    """METRICS, then the reward_<key> metrics the results hold, in their order."""
+    extra = [k for r in split_results for k in r if k.startswith(REWARD_PREFIX)]
+    return [*METRICS, *dict.fromkeys(extra)]
 
 
 @dataclass
@@ -76,11 +86,28 @@ def resolve(checkpoint_arg: str, config: Path | None, overrides: list[str]) -> T
     return Target(cfg, state.lora, f"{run_dir.name}@{stage_path.name}", run_dir, state.stage)
 
 
+def _first(cfg: Config, name: str) -> int | None:
+    return next((i for i, t in enumerate(cfg.rewards) if t.name == name), None)
+
+
 def _clip_term(cfg: Config) -> RewardTerm:
-    for term in cfg.rewards:
-        if term.name == "clip_score":
-            return term
-    raise ValueError("evaluation needs a clip_score term in the config's rewards")
+    index = _first(cfg, "clip_score")
+    if index is None:
+        raise ValueError("evaluation needs a clip_score term in the config's rewards")
+    return cfg.rewards[index]
+
+
+def other_terms(cfg: Config) -> list[tuple[str, int]]:
+    """(metric, index) of the config's terms that are not already a metric: all but the
+    first clip_score and bert_score terms and the oracle (= oracle_accuracy)."""
+    from rewards.composite import term_keys
+
+    taken = {_first(cfg, "clip_score"), _first(cfg, "bert_score")}
+    return [
+        (REWARD_PREFIX + key, i)
+        for i, (key, term) in enumerate(zip(term_keys(cfg.rewards), cfg.rewards, strict=True))
+        if i not in taken and term.name != "oracle"
+    ]
 
 
 class Evaluator:
@@ -94,7 +121,20 @@ class Evaluator:
             attach_lora(self.model.unet, cfg.train.lora, seed=cfg.seed)
             load_lora_state(self.model.unet, target.lora, target.label)
         self.clip = ClipScore(_clip_term(cfg), self.model.device)
+        bert = _first(cfg, "bert_score")
+        self.bert_term = RewardTerm(name="bert_score") if bert is None else cfg.rewards[bert]
+        self.bert_index = bert or 0
         self._bert = None
+        self._others: list | None = None  # built at the first score: sampling needs none
+
+    def others(self) -> list:
+        """(metric, reward) of `other_terms`, built once on the model's device."""
+        from rewards.registry import build
+
+        if self._others is None:
+            cfg, device = self.target.cfg, self.model.device
+            self._others = [(m, build(cfg.rewards[i], device, i)) for m, i in other_terms(cfg)]
+        return self._others
 
     def sample(self, prompts: list[str], per_prompt: int, seed: int) -> tuple[torch.Tensor, list]:
         s = self.target.cfg.sampling
@@ -110,14 +150,26 @@ class Evaluator:
         clip = self.clip(images, rows)
         emb = torch.cat([self.clip.embed_images(c) for c in images.split(256)]).cpu()
         bert = oracle = None
-        if in_grammar(prompts):
+        toy = in_grammar(prompts)
+        if toy or (self.bert_term.captioner or "toy") != "toy":
             from rewards.scorers import BertScore
-            from toyworld.checker import check_batch
 
             if self._bert is None:
-                self._bert = BertScore(RewardTerm(name="bert_score"), torch.device("cpu"))
+                self._bert = BertScore(self.bert_term, self.model.device, self.bert_index)
             bert = self._bert(images, rows)
+        if toy:
+            from toyworld.checker import check_batch
+
             oracle = check_batch(images.permute(0, 2, 3, 1).numpy(), rows)[0].astype(float)
+        others = {}
+        for metric, reward in self.others():
+            values = reward(images, rows)
+            if values.shape != (len(rows),):
+                raise ValueError(
+                    f"reward term '{metric}' returned {values.shape[0]} scores for "
+                    f"{len(rows)} images"
+                )
+            others[metric] = values
         per_prompt, diversity_stderr = {}, []
         rows_arr = np.asarray(rows, dtype=object)
         for p in prompts:
@@ -129,6 +181,7 @@ class Evaluator:
                 "bert_score": None if bert is None else float(bert[m].mean()),
                 "diversity": div,
                 "oracle_accuracy": None if oracle is None else float(oracle[m].mean()),
+                **{k: float(v[m].mean()) for k, v in others.items()},
             }
         se = eval_stats.mean_stderr
         return {
@@ -137,11 +190,13 @@ class Evaluator:
             "bert_score": None if bert is None else float(bert.mean()),
             "diversity": float(np.mean([v["diversity"] for v in per_prompt.values()])),
             "oracle_accuracy": None if oracle is None else float(oracle.mean()),
+            **{k: float(v.mean()) for k, v in others.items()},
             "stderr": {
                 "clip_score": se(clip),
                 "bert_score": None if bert is None else se(bert),
                 "diversity": eval_stats.mean_of_prompts_stderr(diversity_stderr),
                 "oracle_accuracy": None if oracle is None else se(oracle),
+                **{k: se(v) for k, v in others.items()},
             },
             "per_prompt": per_prompt,
         }
@@ -232,11 +287,12 @@ def evaluate(target: Target, splits: list[str], per_prompt: dict[str, int], seed
 def print_table(result: dict) -> None:
     counts = ", ".join(f"{k} {v}" for k, v in result["images_per_prompt"].items())
     print(f"\n{result['checkpoint']}  (images per prompt: {counts}; seed {result['seed']})")
-    head = f"{'split':<6} {'images':>6} " + " ".join(f"{m:>15}" for m in METRICS)
+    metrics = metric_names(list(result["splits"].values()))
+    head = f"{'split':<6} {'images':>6} " + " ".join(f"{m:>15}" for m in metrics)
     print(head)
     print("-" * len(head))
     for split, r in result["splits"].items():
-        cells = " ".join(f"{'-' if r[m] is None else format(r[m], '.4f'):>15}" for m in METRICS)
+        cells = " ".join(f"{'-' if r.get(m) is None else format(r[m], '.4f'):>15}" for m in metrics)
         print(f"{split:<6} {r['images']:>6} {cells}")
 
 
@@ -259,7 +315,7 @@ def log_to_mlflow(target: Target, result: dict, out_dir: Path) -> str | None:
     metrics = {
         f"eval_{split}_{m}": r[m]
         for split, r in result["splits"].items()
-        for m in METRICS
+        for m in metric_names([r])
         if r[m] is not None
     }
     tracker.metrics(target.stage if target.stage is not None else 0, metrics)

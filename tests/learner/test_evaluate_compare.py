@@ -223,3 +223,60 @@ def test_evaluating_base_at_another_size_keeps_the_earlier_one(
     assert first.read_text() == before
     assert json.loads(second.read_text())["images_per_prompt"] == {"test": 4}
     assert f"wrote {second}" in capsys.readouterr().out
+
+
+def test_evaluation_reports_configured_rewards_and_blip_bert_score_off_the_toy_world(
+    toy_clip_registered, tiny_pipeline_dir, tmp_path, capsys
+):
+    """Prompts outside the toy grammar: bert_score comes from the config's BLIP captioner,
+    every other configured term is reported as reward_<key>, and compare tabulates and
+    plots them."""
+    from PIL import Image
+
+    from rewards.tiny import save_tiny_blip
+
+    prompts = tmp_path / "photos.txt"
+    prompts.write_text("a photo of a cat on a sofa\nan oil painting of a harbour\n")
+    blip = save_tiny_blip(tmp_path / "blip")
+    cfg = Config.model_validate(
+        {
+            **_cfg(tiny_pipeline_dir, tmp_path).model_dump(),
+            "prompts": {"train": str(prompts), "test": str(prompts)},
+            "rewards": [
+                {"name": "clip_score", "model": "toy-clip"},
+                {"name": "jpeg_compressibility", "weight": 0.1},
+                {"name": "jpeg_compressibility", "label": "jpeg_b", "weight": 0.0},
+                {
+                    "name": "bert_score",
+                    "captioner": str(blip),
+                    "weight": 0.5,
+                    "options": {"captioner_max_tokens": 4},
+                },
+            ],
+        }
+    )
+    run = _fake_run(cfg, "photos", 0.3)
+    argv = ["--checkpoint", str(run), "--split", "test", "--images-per-prompt", "2"]
+    assert evaluate_main([*argv, "--no-mlflow"]) == 0
+    assert "reward_jpeg_compressibility" in capsys.readouterr().out  # the printed table
+    (path,) = (run / "eval").glob("*.json")
+    r = json.loads(path.read_text())["splits"]["test"]
+    assert r["oracle_accuracy"] is None  # not toy prompts
+    assert 0.0 < r["bert_score"] <= 1.0 and r["stderr"]["bert_score"] >= 0.0
+    for key in ("reward_jpeg_compressibility", "reward_jpeg_b"):
+        assert r[key] < 0.0 and r["stderr"][key] >= 0.0  # minus kB of JPEG
+        assert all(key in p for p in r["per_prompt"].values())
+    assert r["reward_jpeg_b"] == r["reward_jpeg_compressibility"]
+    # the clip_score and bert_score terms are metrics already: not repeated as rewards
+    assert [k for k in r if k.startswith("reward_")] == [
+        "reward_jpeg_compressibility",
+        "reward_jpeg_b",
+    ]
+
+    out = tmp_path / "cmp"
+    assert compare_main([str(run), "--out", str(out), "--no-images"]) == 0
+    table = (out / "comparison.md").read_text()
+    assert "test reward_jpeg_compressibility | test reward_jpeg_b |" in table
+    assert f"{r['reward_jpeg_b']:.4f} ± {r['stderr']['reward_jpeg_b']:.4f}" in table
+    with Image.open(out / "eval.png") as im:
+        assert im.width == 4 * 5 * 120  # alignment, diversity and the two reward panels
