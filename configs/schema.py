@@ -286,10 +286,18 @@ class RewardTerm(Section):
         "name_2, name_3 for repeats.",
     )
     weight: float = 1.0
-    model: str | None = Field(None, description="open_clip architecture or BERT model dir.")
+    model: str | None = Field(
+        None,
+        description="clip_score / aesthetic: open_clip architecture; bert_score: BERT model "
+        "dir; pickscore: CLIPModel hub id or folder; custom: package.module:name.",
+    )
     checkpoint: str | None = Field(None, description="open_clip pretrained tag or local path.")
     num_layers: int = Field(6, ge=1, description="bert_score: BERT layer whose embeddings count.")
-    captioner: str | None = Field(None, description="bert_score: image captioner ('toy').")
+    captioner: str | None = Field(
+        None,
+        description="bert_score: 'toy' (the toy world's describer, default) or a transformers "
+        "image-to-text model, hub id or folder (BLIP, LLaVA-style; rewards.captioner).",
+    )
     options: dict[str, str | int | float | bool | list[str | int | float | bool] | None] = Field(
         default_factory=dict, description="A plug-in reward's own settings, read in its setup."
     )
