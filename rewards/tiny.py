@@ -71,3 +71,56 @@ def save_tiny_clip(folder: Path, seed: int = 0) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(TOY_CLIP_TOKENIZER)
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+# a LLaVA-1.5-style conversation: the image, the instruction, then the answer
+LLAVA_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] | upper }}: {% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{{ '\\n' }}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def save_tiny_llava(folder: Path, seed: int = 0) -> Path:
+    """LlavaForConditionalGeneration (a 1-layer CLIP vision tower, a 1-layer Llama) and its
+    LlavaProcessor with a chat template; the toy CLIP tokenizer plus an <image> token."""
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    tok = AutoTokenizer.from_pretrained(TOY_CLIP_TOKENIZER)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.model_max_length = 128  # the prompt holds one token per image patch
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**SMALL_ATTENTION, image_size=32, patch_size=8),
+        text_config=LlamaConfig(
+            **SMALL_ATTENTION,
+            vocab_size=len(tok),
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+    )
+    torch.manual_seed(seed)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    LlavaProcessor(
+        image_processor=CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
+        tokenizer=tok,
+        patch_size=8,
+        vision_feature_select_strategy="full",
+        chat_template=LLAVA_TEMPLATE,
+        image_token="<image>",
+    ).save_pretrained(folder)
+    return folder

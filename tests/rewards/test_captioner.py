@@ -11,7 +11,7 @@ from configs.schema import RewardTerm
 from rewards.captioner import TransformersCaptioner, load_captioner
 from rewards.registry import RewardSetupError, build
 from rewards.scorers import check_terms
-from rewards.tiny import save_tiny_blip
+from rewards.tiny import save_tiny_blip, save_tiny_llava
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,25 @@ def test_bert_score_term_scores_blip_captions(tiny_blip):
     # the same F1 as BERTScore of the captions the captioner writes
     _, _, f1 = reward.scorer.score(reward.caption(images), prompts, verbose=False)
     np.testing.assert_allclose(scores, f1.double().numpy())
+
+
+def test_llava_style_model_is_asked_through_its_chat_template(tmp_path):
+    folder = save_tiny_llava(tmp_path / "llava")
+    term = RewardTerm(
+        name="bert_score",
+        captioner=str(folder),
+        options={"captioner_prompt": "What is shown?", "captioner_max_tokens": 4},
+    )
+    caption = load_captioner(term, torch.device("cpu"), "rewards.0")
+    assert not caption.blip
+    assert caption.text == "USER: <image>\nWhat is shown?\nASSISTANT:"
+    images = _images(3, seed=1)
+    captions = caption(images)
+    assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
+    assert "USER" not in " ".join(captions)  # only the generated tokens are kept
+    assert caption(images[1:2]) == captions[1:2]
+    scores = build(term, torch.device("cpu"))(images, ["a", "b", "c"])
+    assert scores.shape == (3,) and np.isfinite(scores).all()
 
 
 def test_toy_captioner_is_the_default():
