@@ -26,7 +26,7 @@ import torch
 from configs.load import resolve_path
 from configs.schema import RewardTerm
 from rewards.registry import Reward, RewardSetupError
-from rewards.scorers import ClipScore
+from rewards.scorers import ClipScore, clip_checkpoint
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
 PICKSCORE_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -40,6 +40,18 @@ def hf_source(spec: str, field: str) -> str:
     if spec.startswith((".", "/", "~")) or path.exists() or spec.count("/") > 1:
         raise RewardSetupError(f"{field} = {spec!r}: no such model folder")
     return spec
+
+
+def check_term(term: RewardTerm, index: int) -> None:
+    """What can be checked before loading: folders and files named in the term."""
+    where = f"rewards.{index}"
+    if term.name == "pickscore":
+        hf_source(term.model or PICKSCORE_MODEL, f"{where}.model")
+        if isinstance(term.options.get("processor"), str):
+            hf_source(term.options["processor"], f"{where}.options.processor")
+    else:
+        load_head(term.options.get("head"), f"{where}.options.head")
+        clip_checkpoint(term, index)
 
 
 class PickScore(Reward):

@@ -65,6 +65,10 @@ def check_terms(terms: list[RewardTerm]) -> None:
         elif term.name == "bert_score":
             bert_model_dir(term, i)
             captioner_source(term, f"rewards.{i}")
+        elif term.name in ("pickscore", "aesthetic"):
+            from rewards.preference import check_term
+
+            check_term(term, i)
 
 
 class ClipScore(Reward):

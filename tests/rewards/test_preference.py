@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from configs.schema import RewardTerm
 from rewards.registry import RewardSetupError, build
+from rewards.scorers import check_terms
 from rewards.tiny import save_tiny_clip
 
 TOY_CLIP = "toyworld/assets/clip/toy_clip.safetensors"
@@ -60,8 +61,11 @@ def test_pickscore_refuses_pickle_only_and_missing_folders(tiny_pickscore, tmp_p
         build(RewardTerm(name="pickscore", model=str(pickled)), torch.device("cpu"))
     msg = str(info.value)
     assert msg.startswith("rewards.0.model = ") and "safetensors" in msg and "\n" not in msg
+    missing = RewardTerm(name="pickscore", model=str(tmp_path / "no"))
     with pytest.raises(RewardSetupError, match="rewards.0.model = .*no such model folder"):
-        build(RewardTerm(name="pickscore", model=str(tmp_path / "no")), torch.device("cpu"))
+        build(missing, torch.device("cpu"))
+    with pytest.raises(RewardSetupError, match="rewards.0.model = .*no such model folder"):
+        check_terms([missing])
 
 
 def _head(path, widths, seed=0):
@@ -114,3 +118,6 @@ def test_aesthetic_head_is_checked(tmp_path):
         with pytest.raises(RewardSetupError, match=message) as info:
             build(term, torch.device("cpu"))
         assert str(info.value).startswith("rewards.0.options.head")
+        if "inputs" not in message:  # found before any model loads (learner.preflight)
+            with pytest.raises(RewardSetupError, match=message):
+                check_terms([RewardTerm(name="clip_score", model="toy-clip"), term])
