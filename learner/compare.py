@@ -221,7 +221,8 @@ def plot_eval(runs: list[RunData], out: Path) -> Path:
         ax.set_xlabel("images sampled")
         ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))  # 0 in view, as the scale
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:  # a run with no evaluation draws nothing
+            ax.legend(fontsize=7)
     if choice.problem:
         fig.suptitle("held-out evaluations of different size or noise: not paired", fontsize=9)
     fig.tight_layout()
