@@ -48,6 +48,11 @@ class LearnerState:
     rng: torch.Tensor
     ema: dict[str, torch.Tensor] | None = None  # train.ema's average of the LoRA; None: off
 
+    @property
+    def evaluated(self) -> dict[str, torch.Tensor]:
+        """The LoRA to evaluate and export: the average with train.ema, else the trained."""
+        return self.lora if self.ema is None else self.ema
+
 
 def sha256(path: Path) -> str:
     h = hashlib.sha256()

@@ -83,7 +83,7 @@ def resolve(checkpoint_arg: str, config: Path | None, overrides: list[str]) -> T
         )
     cfg = load_config(config or run_dir / "config.yaml", overrides)
     state = checkpoint.load(stage_path)
-    return Target(cfg, state.lora, f"{run_dir.name}@{stage_path.name}", run_dir, state.stage)
+    return Target(cfg, state.evaluated, f"{run_dir.name}@{stage_path.name}", run_dir, state.stage)
 
 
 def _first(cfg: Config, name: str) -> int | None:

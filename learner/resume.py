@@ -57,7 +57,7 @@ def already_trained(cfg: Config, run_dir: Path, state: LearnerState) -> dict:
     the run has done, not what the config asks for."""
     t0 = time.perf_counter()
     print(f"{run_dir}: {state.stage + 1} stages done, none left to run (stages={cfg.stages})")
-    export_lora(state.lora, cfg.train.lora, run_dir / "lora")
+    export_lora(state.evaluated, cfg.train.lora, run_dir / "lora")  # train.ema's, if on
     try:
         before = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from configs.load import dump_config
 from learner import checkpoint
 from learner.advantages import Advantages
+from learner.evaluate import resolve
 from learner.groups import InProcessLearner
 from learner.learner_worker import EMA_VERSION, LearnerWorker
 from learner.stage import run_in_process
@@ -81,6 +83,9 @@ def test_resume_with_ema_equals_an_uninterrupted_run(_tiny_model_once, tiny_cfg,
     record = _stage(first, cfg, 0)
     path = checkpoint.save(tmp_path, first.state(0, record.split_step))
     assert (path / checkpoint.EMA_FILE).is_file()
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))  # tmp_path is the run directory
+    target = resolve(str(path), None, [])  # learner.evaluate scores the average
+    assert all(torch.equal(target.lora[k], v) for k, v in first.ema_weights().items())
     resumed = _worker(copy.deepcopy(_tiny_model_once), cfg)
     resumed.restore(checkpoint.load(path), str(path))
     assert _stage(resumed, cfg, 1).update.optimizer_steps > 0
