@@ -2,7 +2,7 @@
 
     python -m learner.experiment [--presets FILE ...] [--seeds N ...] [--set KEY=VALUE ...]
         [--images-per-split N | --images-per-prompt N] [--eval-seed N] [--out DIR]
-        [--results FILE]
+        [--results FILE] [--budget images|unet|seconds]
 
 For every preset and seed it trains a run (the path `learner.main` takes: a local Ray on
 127.0.0.1, or the cluster in RAY_ADDRESS) into DIR/runs/<preset>-s<seed>, skipping runs
@@ -19,8 +19,15 @@ to each run's MLflow run), and writes
 With `--results FILE` the summary also replaces the block between the markers below in FILE
 (appended if FILE has none), so a hand-written results page keeps its text around it.
 
-The presets must spend equal budgets: the same model, prompts and sampler, and the same
-number of reward queries (stages x trunks x branches); `--set` applies to every preset.
+The presets must spend equal budgets: the same model, prompts and sampler, and (`--budget
+images`, the default) the same number of reward queries (stages x trunks x branches);
+`--set` applies to every preset. `--budget unet` or `seconds` compares them at equal compute
+instead: the first preset trains its configured stages and what its runs spent (their mean
+over seeds: UNet evaluations of sampling and update as metrics.jsonl counts them, or the
+stages' training seconds) is the budget; every other preset gets the stage count whose
+predicted spend is nearest it (`learner.budget`; for seconds, at the rate of seconds per
+UNet evaluation its own first stage, trained once in DIR/probes, measured on this machine).
+The budget, the stage counts and what every run counted go to the log and the summary.
 """
 
 from __future__ import annotations
@@ -76,11 +83,14 @@ def budget(cfg: Config) -> dict:
     }
 
 
-def check_budgets(arms: list[Arm]) -> None:
+def check_budgets(arms: list[Arm], kind: str = "images") -> None:
+    """Equal budgets; at equal compute (`kind` unet or seconds) the images may differ."""
     first = budget(arms[0].cfg)
     for arm in arms[1:]:
         other = budget(arm.cfg)
         for key, value in first.items():
+            if kind != "images" and key.startswith("reward queries"):
+                continue
             if other[key] != value:
                 raise ExperimentError(
                     f"presets {arms[0].path} and {arm.path} differ in {key}: "
@@ -88,7 +98,7 @@ def check_budgets(arms: list[Arm]) -> None:
                 )
 
 
-def load_arms(presets: list[Path], overrides: list[str]) -> list[Arm]:
+def load_arms(presets: list[Path], overrides: list[str], kind: str = "images") -> list[Arm]:
     arms, names = [], set()
     for path in presets:
         name = path.stem
@@ -96,7 +106,7 @@ def load_arms(presets: list[Path], overrides: list[str]) -> list[Arm]:
             raise ExperimentError(f"preset {path}: two presets named {name!r}")
         names.add(name)
         arms.append(Arm(name, path, load_config(path, overrides)))
-    check_budgets(arms)
+    check_budgets(arms, kind)
     return arms
 
 
@@ -130,14 +140,23 @@ class Planned:
     complete: bool
 
 
-def plan(arms: list[Arm], seeds: list[int], out: Path, overrides: list[str]) -> list[Planned]:
+def plan(
+    arms: list[Arm],
+    seeds: list[int],
+    out: Path,
+    overrides: list[str],
+    stages: dict[str, int] | None = None,
+) -> list[Planned]:
     """Every run's config, checked against what is already in out/runs before anything
-    trains (a run made with another config stops the experiment here)."""
+    trains (a run made with another config stops the experiment here); `stages`: the
+    stage count of some presets (a compute budget's)."""
     runs = []
     for arm in arms:
         for seed in seeds:
             run_dir = out / "runs" / f"{arm.name}-s{seed}"
             where = [f"seed={seed}", f"output_dir={out / 'runs'}", f"run_name={run_dir.name}"]
+            if stages and arm.name in stages:
+                where.append(f"stages={stages[arm.name]}")
             cfg = load_config(arm.path, [*overrides, *where])
             runs.append(Planned(arm, seed, cfg, run_dir, _complete(run_dir, cfg)))
     return runs
@@ -160,6 +179,30 @@ def train(run: Planned, log) -> Path:
         log(f"{run_dir.name}: training {cfg.stages} stages")
     execute(cfg, run_dir, resuming)
     return run_dir
+
+
+def train_runs(arms: list[Arm], args, log) -> tuple[dict[str, list[tuple[int, Path]]], dict]:
+    """Train (or keep, or resume) every preset x seed into args.out/runs at the budget of
+    args.budget; ({preset: [(seed, run_dir)]}, the budget). Runs in the caller's Ray."""
+    from learner.budget import match_budget
+
+    kind, out = args.budget, args.out
+    first = arms if kind == "images" else arms[:1]
+    planned = plan(first, args.seeds, out, args.overrides)
+    run_dirs: dict[str, list[tuple[int, Path]]] = {}
+    info: dict = {"kind": "images", "unit": "images (reward queries)"}
+
+    def run_all(planned: list[Planned]) -> None:
+        for i, run in enumerate(planned):
+            log(f"[{i + 1}/{len(planned)}] {run.arm.name} seed {run.seed}")
+            run_dirs.setdefault(run.arm.name, []).append((run.seed, train(run, log)))
+
+    run_all(planned)
+    if kind != "images" and len(arms) > 1:
+        reference = [d for _, d in run_dirs[arms[0].name]]
+        stages, info = match_budget(arms, args.seeds, out, args, reference, log)
+        run_all(plan(arms[1:], args.seeds, out, args.overrides, stages))
+    return run_dirs, info
 
 
 def evaluate_once(
@@ -256,6 +299,8 @@ def run_seconds(run_dir: Path) -> float | None:
 
 
 def summary_markdown(summary: dict, command: str, images_dir: str, seconds: float) -> str:
+    from learner.budget import spend_lines
+
     metrics = [m for m in METRICS if m in summary["base"]["train"]]
     lines = [
         "### Presets compared over seeds (`learner.experiment`)",
@@ -264,6 +309,7 @@ def summary_markdown(summary: dict, command: str, images_dir: str, seconds: floa
         " kept from an earlier invocation are not counted in it).",
         "",
         *_training_times(summary),
+        *spend_lines(summary),
         "| preset | seeds | split | " + " | ".join(metrics) + " |",
         "|" + "---|" * (3 + len(metrics)),
     ]
@@ -327,26 +373,24 @@ def replace_block(path: Path, block: str) -> None:
 
 def run_experiment(args: argparse.Namespace, log=print) -> dict:
     from learner import compare
+    from learner.budget import counted
     from learner.evaluate import images_per_prompt
     from learner.prompts import load_prompts
     from learner.run import connect
 
     t0 = time.perf_counter()
-    arms = load_arms(args.presets, args.overrides)
+    arms = load_arms(args.presets, args.overrides, args.budget)
     per_prompt = images_per_prompt(
         arms[0].cfg, list(SPLITS), args.images_per_prompt, args.images_per_split
     )
     out: Path = args.out
-    planned = plan(arms, args.seeds, out, args.overrides)
+    plan(arms, args.seeds, out, args.overrides)  # a run made with another config stops here
     out.mkdir(parents=True, exist_ok=True)
     import ray
 
     started = connect(arms[0].cfg)  # one Ray for all runs
     try:
-        run_dirs: dict[str, list[tuple[int, Path]]] = {}
-        for i, run in enumerate(planned):
-            log(f"[{i + 1}/{len(planned)}] {run.arm.name} seed {run.seed}")
-            run_dirs.setdefault(run.arm.name, []).append((run.seed, train(run, log)))
+        run_dirs, budget_info = train_runs(arms, args, log)
     finally:
         if started:
             ray.shutdown()
@@ -374,6 +418,9 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
     for arm in arms:
         entry = summary["presets"][arm.name]
         entry["train_seconds"] = [run_seconds(d) for _, d in run_dirs[arm.name]]
+        dirs = [d for _, d in run_dirs[arm.name] if (d / "metrics.jsonl").is_file()]
+        entry["spent"] = [counted(d) for d in dirs]
+    summary["budget"] = budget_info
     summary["diversity_embedding"] = base["diversity_embedding"]
     summary["images_per_prompt"] = per_prompt
     summary["eval_seed"] = args.eval_seed
@@ -394,6 +441,7 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from learner.budget import BUDGETS
     from learner.evaluate import add_size_flags
 
     p = argparse.ArgumentParser(
@@ -406,6 +454,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=1234)
     p.add_argument("--out", type=Path, default=Path("experiment"))
     p.add_argument("--results", type=Path, help="also write the summary into this markdown file")
+    p.add_argument(
+        "--budget",
+        choices=BUDGETS,
+        default="images",
+        help="compare at equal images (the presets' stages as configured), equal UNet "
+        "evaluations or equal training seconds (the first preset's spend sets the others' "
+        "stage counts)",
+    )
     args = p.parse_args(argv)
     args.command = "python -m learner.experiment " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
