@@ -134,3 +134,35 @@ def test_update_counts_its_unet_evaluations(tiny_model, tiny_cfg, kl_coef):
     m = r.metrics()
     assert m["update_unet_evaluations"] == expected
     assert m["unet_evaluations"] == r.unet_evaluations  # sampling's count keeps its name
+
+
+def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks):
+    import threading
+
+    from diffusion.sampler import sample_branches
+    from learner.selection import compact, select
+    from learner.stage import sampler_settings
+
+    cfg = _cfg(tiny_cfg, ema=0.6)
+    cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"kl_coef": 0.1})})
+    prompts = ["a red circle", "a blue square", "two green triangles"]
+    batch = sample_branches(tiny_model, prompts, [0, 1, 2], sampler_settings(cfg, 2), 3, 2)
+    adv = np.array([1.0, 0.1, -1.0, 0.9, -0.8, 0.0, 0.5, -0.2, -0.6])
+    sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
+    batch, adv, sel = batch.select(torch.as_tensor(sel.index)), adv[sel.index], compact(sel)
+    want = PolicyTrainer(copy.deepcopy(tiny_model), cfg).update(batch, adv, sel, stage=2)
+    ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, g) for g in thread_ranks(2)]
+    got: list = [None, None]
+
+    def run(r: int) -> None:
+        got[r] = ranks[r].update(batch, adv, sel, stage=2)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got[0].update_unet_evaluations == got[1].update_unet_evaluations
+    assert got[0].update_unet_evaluations == want.update_unet_evaluations > 0
+    e0, e1 = ranks[0].ema_weights(), ranks[1].ema_weights()
+    assert all(torch.equal(e0[k], e1[k]) for k in e0)  # every rank holds the same average
