@@ -51,7 +51,7 @@ DDPO_PRESET = Path(DEFAULT_PRESET).with_name("toy_ddpo.yaml")
 METRICS = ("oracle_accuracy", "clip_score", "bert_score", "diversity")
 SPLITS = ("train", "test")
 # per split: one accuracy near 30 % then has a standard error of 1 point (2 at 512 images,
-# where the toy base model read 25-30 % with the noise seed alone: docs/archive/RESULTS-history.md)
+# where the noise seed alone moves the toy base model by several points)
 IMAGES_PER_SPLIT = 2048
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from configs.schema import Config
-from diffusion.lora import load_lora_state
+from diffusion.lora import load_lora_state, lora_state
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import SamplerSettings, UNetCounter, sample_branches, sample_images
 from diffusion.trajectory import TrajectoryBatch
@@ -73,7 +73,9 @@ class RewardGroup(Protocol):
 
 
 class LearnerGroup(Protocol):
-    def publish(self) -> PublishedWeights: ...
+    def publish(self, ema: bool = False) -> PublishedWeights:
+        """The weights rollouts sample with; `ema`: those evaluation uses (train.ema), under
+        a version of their own, for the training grid."""
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected: ...
 
@@ -133,8 +135,13 @@ class InProcessRollouts:
         seed: int,
         stream: int,
     ) -> torch.Tensor:
+        # the model may be the learner's own: its weights are put back afterwards
+        kept = {k: v.clone() for k, v in lora_state(self.model.unet).items()}
         self.sync(weights)
-        return sample_images(self.model, prompts, settings, seed, stream)
+        try:
+            return sample_images(self.model, prompts, settings, seed, stream)
+        finally:
+            load_lora_state(self.model.unet, kept, "the weights before the grid")
 
 
 class InProcessRewards:
@@ -170,11 +177,7 @@ class InProcessLearner:
     def publish(self, ema: bool = False) -> PublishedWeights:
         """As `learner.learner_group.RayLearnerGroup.publish`: rollouts get the trained
         weights; `ema`, the evaluation weights, is for the training grid only."""
-        from learner.learner_worker import EMA_VERSION
-
-        if ema:
-            return PublishedWeights(EMA_VERSION + self.worker.version, self.worker.ema_weights())
-        return PublishedWeights(self.worker.version, self.worker.weights())
+        return self.worker.published(ema)
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
         return self.worker.select(stage, rows, rewards)

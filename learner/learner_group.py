@@ -119,8 +119,7 @@ class RayLearnerGroup:
     def publish(self, ema: bool = False) -> PublishedWeights:
         """The weights rollouts sample with; `ema`: the evaluation weights under their own
         version (`LearnerWorker.publish`), for the training grid only."""
-        ((version, (ref,)),) = self._get([self.lead.publish.remote(ema)])
-        return PublishedWeights(version, ref)
+        return self._get([self.lead.publish.remote(ema)])[0]
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
         return self._get([self.lead.select.remote(stage, rows, rewards)])[0]

@@ -21,7 +21,7 @@ from diffusion.trajectory import TrajectoryBatch
 from learner.advantages import Advantages
 from learner.checkpoint import LearnerState
 from learner.distributed import Collective, ProcessGroup, free_port
-from learner.records import Rows, Selected
+from learner.records import PublishedWeights, Rows, Selected
 from learner.selection import compact, select
 from learner.update import PolicyTrainer, UpdateStats
 
@@ -129,15 +129,21 @@ class LearnerWorker:
     def join_group(self, address: str, port: int, rank: int, size: int) -> int:
         return self.join(ProcessGroup(address, port, rank, size, self.trainer.model.device))
 
-    def publish(self, ema: bool = False) -> tuple[int, list]:
-        """(version, [one `ray.put` of the LoRA]): in a list so that Ray hands the caller
-        the reference rather than the value. `ema`: the evaluation weights (`ema_weights`)
-        under their own version, for the training grid; rollouts get the default."""
+    def published(self, ema: bool = False) -> PublishedWeights:
+        """The weights rollouts sample with, by version; `ema`: the evaluation weights
+        (`ema_weights`, with train.ema) under a version of their own, for the training
+        grid, so that the next stage's rollouts are handed the trained weights again."""
+        if ema and self.cfg.train.ema is not None:
+            return PublishedWeights(EMA_VERSION + self.version, self.ema_weights())
+        return PublishedWeights(self.version, self.weights())
+
+    def publish(self, ema: bool = False) -> PublishedWeights:
+        """`published`, its tensors put once in Ray's object store (the reference goes to
+        every rollout actor)."""
         import ray
 
-        if ema:
-            return EMA_VERSION + self.version, [ray.put(self.ema_weights())]
-        return self.version, [ray.put(self.weights())]
+        out = self.published(ema)
+        return PublishedWeights(out.version, ray.put(out.weights))
 
     def comm_bytes(self) -> dict[str, int]:
         """Bytes this rank all-reduced so far, by kind, and its gradient all-reduces."""

@@ -41,9 +41,9 @@ from learner.resume import (
     save_config,
 )
 from learner.schedule import split_step
-from learner.stage import run_stage, sampler_settings, stage_rows
+from learner.stage import run_stage, stage_rows
 from learner.tracking import Tracker
-from learner.training_grid import GRID_SEED, GRID_STREAM, grid_rows, save_training_grid
+from learner.training_grid import save_training_grid
 
 
 class ResumeError(RuntimeError):
@@ -255,12 +255,7 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
             grid = cfg.logging.grid_every > 0 and (
                 stage % cfg.logging.grid_every == 0 or stage == cfg.stages - 1
             )
-            ema = cfg.train.ema is not None  # its grid is drawn after the stage, as evaluated
-            record, state_now = _run_stage(
-                cfg, cluster, train_prompts, run_dir, stage, grid and not ema
-            )
-            if grid and ema:
-                _ema_grid(cfg, cluster, train_prompts, stage, record)
+            record, state_now = _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid)
             t1 = time.perf_counter()
             metrics = record.metrics()
             if record.grid_images is not None:
@@ -312,22 +307,6 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     tmp.write_text(json.dumps(summary, indent=2))
     os.replace(tmp, run_dir / "summary.json")
     return summary
-
-
-def _ema_grid(cfg, cluster, train_prompts, stage, record) -> None:
-    """The stage's training grid from the EMA weights (train.ema), drawn as `run_stage`
-    draws it from the trained ones; they go out under their own version, so the next
-    stage's rollouts are handed the trained weights again."""
-    t0 = time.perf_counter()
-    record.grid_prompts = grid_rows(train_prompts)
-    record.grid_images = cluster.groups.rollouts.sample_fixed(
-        cluster.learner.publish(ema=True),
-        record.grid_prompts,
-        sampler_settings(cfg, stage),
-        GRID_SEED,
-        GRID_STREAM,
-    )
-    record.seconds["grid"] = time.perf_counter() - t0
 
 
 def _run_stage(cfg, cluster, train_prompts, run_dir, stage, grid):

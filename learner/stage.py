@@ -3,7 +3,8 @@
 publish the learner's weights -> the rollout group samples the stage's chunks, each
 chunk's images going to the reward group as soon as it is done -> the learner normalises
 and selects -> the rollout group hands over the selected rows -> the learner updates ->
-(every `logging.grid_every` stages) the grid from fixed noise. The same function runs in
+(every `logging.grid_every` stages) the grid from fixed noise, with the weights evaluation
+uses (`train.ema`'s average when it is on). The same function runs in
 one process (`run_in_process`) and on a Ray cluster (`learner.driver.Cluster.groups`).
 """
 
@@ -200,7 +201,11 @@ def run_stage(
     if grid:
         record.grid_prompts = grid_rows(prompts)
         record.grid_images = groups.rollouts.sample_fixed(
-            groups.learner.publish(), record.grid_prompts, settings, GRID_SEED, GRID_STREAM
+            groups.learner.publish(ema=True),
+            record.grid_prompts,
+            settings,
+            GRID_SEED,
+            GRID_STREAM,
         )
         record.seconds["grid"] = time.perf_counter() - t_updated
         if record.grid_images is None:
