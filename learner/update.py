@@ -11,17 +11,12 @@ whose gradients add up to the shard's, `train.gradient_checkpointing` recomputes
 activations in the backward pass, and `model.autocast` (`diffusion.pipeline.set_autocast`)
 runs the UNet in half precision, with torch's GradScaler for fp16; the LoRA and its
 optimizer state stay float32.
-With `train.ema` the trainer also keeps an exponential moving average of the LoRA, updated
-after every optimizer step: the weights that evaluation, the training grid and the exported
-LoRA use. Rollouts never sample with it: the PPO ratio divides by the log-probs of the
-weights that sampled the batch, and the average is not those weights (the update would be
-off-policy from its first step).
+With `train.ema` the trainer also keeps a moving average of the LoRA (`learner.ema`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -33,34 +28,9 @@ from diffusion.sampler import derive_seed
 from diffusion.trajectory import TrajectoryBatch
 from learner import losses, onpolicy
 from learner.distributed import Collective, mean_share, shard
+from learner.ema import LoraAverage
 from learner.selection import Selection
-
-
-@dataclass
-class UpdateStats:
-    loss: float = 0.0
-    approx_kl: float = 0.0
-    clip_fraction: float = 0.0
-    ratio_mean: float = 1.0
-    ratio_min: float = 1.0
-    ratio_max: float = 1.0
-    grad_norm: float = 0.0
-    optimizer_steps: int = 0
-    samples: int = 0
-    kl_stopped: int = 0  # 1 when train.target_kl ended the update early
-    kl_base: float = 0.0  # mean KL from the pretrained model per trained transition (kl_coef > 0)
-    # |ratio - 1| of the terms before the first optimizer step (learner.onpolicy)
-    onpolicy_ratio_dev_max: float = 0.0
-    onpolicy_ratio_dev_mean: float = 0.0
-    onpolicy_transitions: int = 0
-    onpolicy_exceeded: int = 0  # 1 when the max is above train.onpolicy_tolerance
-    # latents through the UNet in training, all ranks: every trained latent counts its
-    # forward and its backward pass (x2 with classifier-free guidance, as sampling's
-    # unet_evaluations), a pretrained-model forward for the KL penalty counts once
-    update_unet_evaluations: int = 0
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+from learner.update_parts import Tally, UpdateStats, Work
 
 
 class PolicyTrainer:
@@ -84,9 +54,7 @@ class PolicyTrainer:
         fp16 = model.autocast == torch.float16
         self.scaler = torch.amp.GradScaler(model.device.type) if fp16 else None
         self._named = [(n, p) for n, p in model.unet.named_parameters() if "lora_" in n]
-        self.ema: dict[str, torch.Tensor] | None = None
-        if t.ema is not None:
-            self.reset_ema()
+        self.ema = None if t.ema is None else LoraAverage(self._named, t.ema)
 
     # -- weights -------------------------------------------------------------------------
     def weights(self) -> dict[str, torch.Tensor]:
@@ -96,40 +64,15 @@ class PolicyTrainer:
         load_lora_state(self.model.unet, state, source)
 
     # -- exponential moving average (train.ema) ---------------------------------------------
-    @torch.no_grad()
-    def reset_ema(self) -> None:
-        """Start the average at the current LoRA (a run's first stage, or a resume from a
-        checkpoint saved without one)."""
-        self.ema = {n: p.detach().float().clone() for n, p in self._named}
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        decay = self.cfg.train.ema
-        for n, p in self._named:
-            self.ema[n].mul_(decay).add_(p.detach().float(), alpha=1.0 - decay)
-
     def ema_weights(self) -> dict[str, torch.Tensor] | None:
         """The average as a flat CPU dict keyed as `weights()`; None with train.ema off."""
-        if self.ema is None:
-            return None
-        return {n: t.detach().to("cpu", copy=True) for n, t in self.ema.items()}
+        return None if self.ema is None else self.ema.weights()
 
     def load_ema(self, state: dict[str, torch.Tensor] | None, source: str = "") -> None:
         """Restore the average (train.ema on): from `state`, or, if the checkpoint has none,
         from the current LoRA. With train.ema off it is ignored."""
-        if self.cfg.train.ema is None:
-            self.ema = None
-            return
-        if state is None:
-            self.reset_ema()
-            return
-        names = [n for n, _ in self._named]
-        if sorted(state) != sorted(names):
-            missing = sorted(set(names) - set(state)) or sorted(set(state) - set(names))
-            raise ValueError(f"{source}: EMA tensors do not match the LoRA (e.g. {missing[0]})")
-        self.ema = {n: state[n].to(p.device, torch.float32).clone() for n, p in self._named}
+        if self.ema is not None:
+            self.ema.load(state, source)
 
     # -- forward -------------------------------------------------------------------------
     def _forward(
@@ -267,119 +210,149 @@ class PolicyTrainer:
         """One stage's optimisation over the selected samples of `batch`. Every rank of
         `self.group` gets the whole batch and selection and trains its shard of each
         batch; all ranks return the same stats and hold the same LoRA afterwards."""
-        cfg, group = self.cfg, self.group
-        pairwise = cfg.loss.name == "pairwise"
+        pairwise = self.cfg.loss.name == "pairwise"
         units = selection.pairs if pairwise else selection.index.reshape(-1, 1)
         stats = UpdateStats(samples=int(units.size))
         if len(units) == 0:
             return stats
+        work = self._prepare(batch, units, advantages, stats)
+        tally, check = Tally(), onpolicy.RatioCheck()
+        for epoch in range(self.cfg.train.epochs):
+            for unit_idx, step_plan, ends_step in self._plan_batches(work, stage, epoch):
+                first = stats.optimizer_steps == 0  # the weights that sampled the batch
+                self._accumulate(work, unit_idx, step_plan, tally, check if first else None)
+                if not ends_step:
+                    continue
+                if self._kl_exceeded(tally):
+                    # the policy has already moved this far from the one that sampled the
+                    # batch: stop before the step (PPO early stopping)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    stats.kl_stopped = 1
+                    break
+                if self._optimizer_step(tally.grad_norms):
+                    stats.optimizer_steps += 1
+                    if self.ema is not None:
+                        self.ema.update()
+            if stats.kl_stopped:
+                break
+        tally.finish(stats, self.group)
+        for k, v in check.reduce(self.group, onpolicy.tolerance(self.cfg)).items():
+            setattr(stats, k, v)
+        return stats
+
+    def _prepare(
+        self, batch: TrajectoryBatch, units: np.ndarray, advantages: np.ndarray, stats
+    ) -> Work:
+        """What every term of the update shares: embeddings, advantages, step weights and,
+        with the KL penalty, the pretrained model's step means (once for all epochs)."""
+        cfg = self.cfg
         self._set_checkpointing()
         self.model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
         emb, uncond = self._embeddings(batch)
-        adv_all = torch.as_tensor(advantages, dtype=torch.float32)
-        step_w = self.step_weights(batch.timesteps)  # per interval step
-        # per interval step: whether the KL penalty covers it (loss.kl_from_step)
-        kl_on = torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step
-        kl_sum = 0.0
-        guided = 1 if cfg.sampling.guidance_scale == 1.0 else 2
-        evaluations = 0  # this rank's trained latents x guidance x 2 (forward and backward)
         s = batch.interval
-        unit_cost = np.full(len(units), s * units.shape[1])  # trajectory-steps of each unit
-        with_kl = cfg.loss.kl_coef > 0
-        if with_kl:  # the pretrained model's means, computed once for all epochs
+        work = Work(
+            batch=batch,
+            units=units,
+            unit_cost=np.full(len(units), s * units.shape[1]),  # trajectory-steps of each
+            advantages=torch.as_tensor(advantages, dtype=torch.float32),
+            emb=emb,
+            uncond=uncond,
+            step_weights=self.step_weights(batch.timesteps),
+            # per interval step: whether the KL penalty covers it (loss.kl_from_step)
+            kl_on=torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step,
+            guided=1 if cfg.sampling.guidance_scale == 1.0 else 2,
+        )
+        if cfg.loss.kl_coef > 0:
             kl_rows = np.unique(units)
-            kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
-            base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
-            stats.update_unet_evaluations += len(kl_rows) * s * guided  # every rank's share
+            work.kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
+            work.base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
+            stats.update_unet_evaluations += len(kl_rows) * s * work.guided  # all ranks' shares
+        return work
 
-        def term(unit_rows: torch.Tensor, steps: torch.Tensor):
-            """Loss, diagnostics, (new, old) log-probs and KLs of one step of some units."""
-            nonlocal evaluations
-            evaluations += unit_rows.numel() * guided * 2  # each is forwarded and backwarded
-            terms, kls = [], []
-            for col in range(unit_rows.shape[1]):
-                rows = unit_rows[:, col]
-                cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
-                base = base_means[[kl_pos[r] for r in rows.tolist()], steps] if with_kl else None
-                new, kl = self._forward(batch, rows, steps, cond, uncond, with_kl, base)
-                old = batch.log_probs[rows, steps].to(new.device)
-                terms.append((new, old, rows))
-                kls.append(kl)
-            w = step_w[steps].to(terms[0][0].device)
-            if pairwise:
-                (nw, ow, _), (nl, ol, _) = terms
-                loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss, w)
-            else:
-                new, old, rows = terms[0]
-                loss, diag = losses.ppo_clip(new, old, adv_all[rows].to(new.device), cfg.loss, w)
-            return loss, diag, terms, kls
+    def _plan_batches(self, work: Work, stage: int, epoch: int):
+        """The epoch's optimizer batches: (units in shuffled order, every unit's shuffled
+        order of interval steps, whether an optimizer step follows: every `grad_accum`
+        batches and after the last)."""
+        order, step_plan = self._plan(len(work.units), work.batch.interval, stage, epoch)
+        bs, accum = self.cfg.train.batch_size, self.cfg.train.grad_accum
+        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+        for b, unit_idx in enumerate(batches):
+            yield unit_idx, step_plan, (b + 1) % accum == 0 or b == len(batches) - 1
 
-        bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-        sums = dict.fromkeys(("loss", "approx_kl", "clip_fraction", "ratio_mean"), 0.0)
-        n_terms, grad_norms = 0, []
-        ratio_min, ratio_max = float("inf"), float("-inf")
-        target_kl = cfg.train.target_kl
-        step_kl, step_terms = 0.0, 0  # approx. KL of the terms since the last optimizer step
-        check = onpolicy.RatioCheck()
-        for epoch in range(cfg.train.epochs):
-            if stats.kl_stopped:
-                break
-            order, step_plan = self._plan(len(units), s, stage, epoch)
-            batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-            for b_idx, unit_idx in enumerate(batches):
-                # this rank's shard of the batch in micro-batches, each one's loss scaled to
-                # its part of the batch's mean
-                mine = unit_idx[shard(unit_cost[unit_idx], group.size)[group.rank]]
-                for piece in self._pieces(mine):
-                    share = mean_share(len(piece), len(unit_idx))
-                    unit_rows = torch.as_tensor(units[piece])  # [b, 1 or 2]
-                    plan = torch.as_tensor(step_plan[piece])  # [b, s]
-                    for j in range(s):
-                        steps = plan[:, j]
-                        loss, diag, terms, kls = term(unit_rows, steps)
-                        if stats.optimizer_steps == 0:  # the weights that sampled the batch
-                            for new, old, _ in terms:
-                                check.add(new, old)
-                        if with_kl:
-                            kl_all = torch.cat(kls)  # the columns share `steps`
-                            on = kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
-                            loss = loss + cfg.loss.kl_coef * (kl_all * on).mean()
-                            kl_sum += float(kl_all.detach().mean()) * share  # over every step
-                        loss = loss * share
-                        scaled = loss / (s * accum)
-                        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
-                        sums["loss"] += float(loss.detach())
-                        for k in ("approx_kl", "clip_fraction", "ratio_mean"):
-                            sums[k] += float(diag[k]) * share
-                        ratio_min = min(ratio_min, float(diag["ratio_min"]))
-                        ratio_max = max(ratio_max, float(diag["ratio_max"]))
-                        step_kl += float(diag["approx_kl"]) * share
-                n_terms += s
-                step_terms += s
-                if (b_idx + 1) % accum == 0 or b_idx == len(batches) - 1:
-                    if target_kl is not None:
-                        (step_kl,) = group.sum([step_kl])  # every rank decides on the global KL
-                        if step_kl / step_terms > target_kl:
-                            # the policy has already moved this far from the one that sampled
-                            # the batch: stop before the step (PPO early stopping)
-                            self.optimizer.zero_grad(set_to_none=True)
-                            stats.kl_stopped = 1
-                            break
-                    step_kl, step_terms = 0.0, 0
-                    if self._optimizer_step(grad_norms):
-                        stats.optimizer_steps += 1
-                        self._update_ema()
-        keys = ("loss", "approx_kl", "clip_fraction", "ratio_mean")
-        *totals, kl_sum, evaluations = group.sum([*(sums[k] for k in keys), kl_sum, evaluations])
-        stats.update_unet_evaluations += int(round(evaluations))
-        for k, total in zip(keys, totals, strict=True):
-            setattr(stats, k, total / n_terms)
-        stats.ratio_min, stats.ratio_max = group.min(ratio_min), group.max(ratio_max)
-        stats.grad_norm = float(np.mean(grad_norms)) if grad_norms else 0.0
-        stats.kl_base = kl_sum / n_terms
-        for k, v in check.reduce(group, onpolicy.tolerance(cfg)).items():
-            setattr(stats, k, v)
-        return stats
+    def _accumulate(
+        self,
+        work: Work,
+        unit_idx: np.ndarray,
+        step_plan: np.ndarray,
+        tally: Tally,
+        check: onpolicy.RatioCheck | None,
+    ) -> None:
+        """The gradient of one optimizer batch, added to the parameters' .grad: this rank's
+        shard in micro-batches, one shuffled interval step of them at a time, each loss
+        scaled to its part of the batch's mean. `check` (before the first optimizer step)
+        records the on-policy ratios."""
+        s, group = work.batch.interval, self.group
+        accum = self.cfg.train.grad_accum
+        mine = unit_idx[shard(work.unit_cost[unit_idx], group.size)[group.rank]]
+        for piece in self._pieces(mine):
+            share = mean_share(len(piece), len(unit_idx))
+            unit_rows = torch.as_tensor(work.units[piece])  # [b, 1 or 2]
+            plan = torch.as_tensor(step_plan[piece])  # [b, s]
+            for j in range(s):
+                loss, diag, terms, kl = self._term(work, unit_rows, plan[:, j], tally)
+                if check is not None:
+                    for new, old in terms:
+                        check.add(new, old)
+                if kl is not None:  # (penalty, its plain mean over every step)
+                    loss = loss + self.cfg.loss.kl_coef * kl[0]
+                    tally.kl_base += kl[1] * share
+                loss = loss * share
+                scaled = loss / (s * accum)
+                (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+                tally.add(loss, diag, share)
+        tally.terms += s
+
+    def _term(self, work: Work, unit_rows: torch.Tensor, steps: torch.Tensor, tally: Tally):
+        """One interval step of some units: the loss, its diagnostics, the (new, old)
+        log-probs of each column and, with the KL penalty, (the penalty over the steps it
+        covers, the plain mean KL) (else None)."""
+        batch, cfg = work.batch, self.cfg
+        tally.evaluations += unit_rows.numel() * work.guided * 2  # forward and backward
+        terms, kls = [], []
+        for col in range(unit_rows.shape[1]):
+            rows = unit_rows[:, col]
+            cond = torch.stack([work.emb[batch.prompts[r]] for r in rows.tolist()])
+            base = None
+            if work.base_means is not None:
+                base = work.base_means[[work.kl_pos[r] for r in rows.tolist()], steps]
+            with_kl = work.base_means is not None
+            new, kl = self._forward(batch, rows, steps, cond, work.uncond, with_kl, base)
+            terms.append((new, batch.log_probs[rows, steps].to(new.device)))
+            kls.append(kl)
+        w = work.step_weights[steps].to(terms[0][0].device)
+        if cfg.loss.name == "pairwise":
+            (nw, ow), (nl, ol) = terms
+            loss, diag = losses.pairwise(nw, ow, nl, ol, cfg.loss, w)
+        else:
+            ((new, old),) = terms
+            adv = work.advantages[unit_rows[:, 0]].to(new.device)
+            loss, diag = losses.ppo_clip(new, old, adv, cfg.loss, w)
+        if work.base_means is None:
+            return loss, diag, terms, None
+        kl_all = torch.cat(kls)  # the columns share `steps`
+        on = work.kl_on[steps].repeat(len(kls)).to(kl_all.device, kl_all.dtype)
+        return loss, diag, terms, ((kl_all * on).mean(), float(kl_all.detach().mean()))
+
+    def _kl_exceeded(self, tally: Tally) -> bool:
+        """train.target_kl: the approx. KL of the terms since the last optimizer step, over
+        every rank (so that all ranks decide alike), above the target."""
+        target = self.cfg.train.target_kl
+        step_kl, step_terms = tally.step_kl, tally.terms - tally.terms_at_step
+        tally.step_kl, tally.terms_at_step = 0.0, tally.terms
+        if target is None:
+            return False
+        (step_kl,) = self.group.sum([step_kl])
+        return step_kl / step_terms > target
 
     def _pieces(self, mine: np.ndarray) -> list[np.ndarray]:
         """A rank's shard of a batch as micro-batches of at most train.micro_batch units."""
