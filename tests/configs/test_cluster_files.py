@@ -40,6 +40,14 @@ def test_launcher_runs_ray_in_the_project_image():
     assert not any("|| true" in c for c in commands), "a failed install must stop `ray up`"
     # the launcher's dashboard stays on the head's loopback; `ray dashboard` forwards it
     assert any("--dashboard-host=127.0.0.1" in c for c in launcher["head_start_ray_commands"])
+    # token authentication on every node, with the token the user made copied to each
+    starts = [
+        c
+        for c in launcher["head_start_ray_commands"] + launcher["worker_start_ray_commands"]
+        if "ray start" in c
+    ]
+    assert len(starts) == 2 and all("RAY_AUTH_MODE=token" in c for c in starts)
+    assert launcher["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}
 
 
 def test_rayjob_reaches_its_dashboard_with_a_token():
