@@ -227,6 +227,21 @@ class Tracker:
             self._pending.appendleft(("params", params))  # sent first, retried if need be
         self.run_id = run.info.run_id
         self.experiment_id = run.info.experiment_id
+        self._remember_run()
+
+    def _remember_run(self) -> None:
+        """Record the MLflow run in the run directory's run.json (when there is one), so
+        that a resume logs to it: also when MLflow was down as the run started."""
+        path = self.run_dir / "run.json"
+        if not path.is_file():
+            return
+        info = json.loads(path.read_text())
+        if info.get("mlflow_run_id") == self.run_id:
+            return
+        info.update(mlflow_run_id=self.run_id, mlflow_tracking_uri=self.tracking_uri)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
 
     def _send(self, op: tuple) -> None:
         import mlflow

@@ -5,6 +5,7 @@ the server starts on it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -119,12 +120,20 @@ def test_server_down_then_back_loses_nothing(mlflow_env, tmp_path, capsys):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     tracker = _log_while_down(tmp_path, uri, capsys)
+    # what learner.run wrote as the run started, MLflow down: no run to resume into yet
+    (tmp_path / "run.json").write_text(json.dumps({"run_name": "r", "mlflow_run_id": None}))
     store = tmp_path / "server"
     store.mkdir()
     (store / "serve.py").write_text(SERVE)
     cmd = [sys.executable, str(store / "serve.py"), str(store), str(port)]
     with _server(cmd, port, store, timeout=120):
         _check_all_arrived(tracker, uri, capsys)
+        info = json.loads((tmp_path / "run.json").read_text())  # a resume finds the run
+        assert info == {
+            "run_name": "r",
+            "mlflow_run_id": tracker.run_id,
+            "mlflow_tracking_uri": uri,
+        }
         # a request MLflow answers with a refusal (a resumed run it does not know) is no
         # outage: said once, and MLflow is left alone rather than tried again and again
         refused = Tracker(Config(), tmp_path, "r", "0" * 32, uri, retry_every=0.0)
