@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
@@ -11,8 +10,7 @@ from configs.schema import ModelConfig
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
 from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
 from diffusion.sampler import UNetCounter, expected_evaluations, sample_branches
-from learner.advantages import Advantages
-from learner.stage import run_in_process, sampler_settings
+from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
 
 CPU = torch.device("cpu")
@@ -126,25 +124,7 @@ def test_branches_share_an_ode_trunk_and_recompute_to_ratio_one(tiny_sd3, sd3_cf
     assert (ratio - 1).abs().max() <= 1e-5
 
 
-def test_two_b2_stages_train_the_sd3_lora_in_process(tiny_sd3, sd3_cfg):
+def test_two_b2_stages_train_the_sd3_lora_in_process(tiny_sd3, sd3_cfg, two_b2_stages):
     # the toy presets' per-step loss weights, by the flow step's sensitivity
     loss = sd3_cfg.loss.model_copy(update={"step_weight": "noise"})
-    sd3_cfg = sd3_cfg.model_copy(update={"loss": loss})
-    trainer = PolicyTrainer(tiny_sd3, sd3_cfg)
-    adv = Advantages(sd3_cfg.advantage)
-    before = {k: v.clone() for k, v in trainer.weights().items()}
-
-    def brightness(images, prompts):
-        return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
-
-    prompts = ["a red circle", "a blue square"]
-    splits = []
-    for stage in range(2):
-        res = run_in_process(trainer, adv, brightness, prompts, sd3_cfg, stage=stage)
-        m = res.metrics()
-        assert np.isfinite(m["loss"]) and m["optimizer_steps"] >= 1
-        assert m["onpolicy_ratio_dev_max"] <= 1e-5  # the sampler's log-probs, recomputed
-        splits.append(res.split_step)
-    assert splits == [2, 3]  # backward: the interval grows towards x_T
-    after = trainer.weights()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    two_b2_stages(tiny_sd3, sd3_cfg.model_copy(update={"loss": loss}))

@@ -1,7 +1,6 @@
 """The sdxl family on a tiny random SDXL pipeline: conditioning and sampling equal the stock
 StableDiffusionXLPipeline's, LoRA export, recomputed log-probs, two B² stages."""
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline
 from safetensors.torch import load_file
@@ -9,8 +8,7 @@ from safetensors.torch import load_file
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
 from diffusion.pipeline import from_pipeline
 from diffusion.sampler import UNetCounter, expected_evaluations, sample_branches
-from learner.advantages import Advantages
-from learner.stage import run_in_process, sampler_settings
+from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
 
 CPU = torch.device("cpu")
@@ -113,26 +111,8 @@ def test_branches_share_a_trunk_and_recompute_to_ratio_one(tiny_sdxl, sdxl_cfg):
     assert (ratio - 1).abs().max() <= 1e-5
 
 
-def test_two_b2_stages_train_the_sdxl_lora_in_process(tiny_sdxl, sdxl_cfg):
+def test_two_b2_stages_train_the_sdxl_lora_in_process(tiny_sdxl, sdxl_cfg, two_b2_stages):
     # the sdxl_b2 preset's memory options: checkpointed UNet, micro-batches of 2
     train = sdxl_cfg.train.model_copy(update={"gradient_checkpointing": True, "micro_batch": 2})
-    sdxl_cfg = sdxl_cfg.model_copy(update={"train": train})
-    trainer = PolicyTrainer(tiny_sdxl, sdxl_cfg)
-    adv = Advantages(sdxl_cfg.advantage)
-    before = {k: v.clone() for k, v in trainer.weights().items()}
-
-    def brightness(images, prompts):
-        return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
-
-    prompts = ["a red circle", "a blue square"]
-    splits = []
-    for stage in range(2):
-        res = run_in_process(trainer, adv, brightness, prompts, sdxl_cfg, stage=stage)
-        m = res.metrics()
-        assert np.isfinite(m["loss"]) and m["optimizer_steps"] >= 1
-        assert m["onpolicy_ratio_dev_max"] <= 1e-5  # the sampler's log-probs, recomputed
-        splits.append(res.split_step)
-    assert splits == [2, 3]  # backward: the interval grows towards x_T
-    after = trainer.weights()
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    two_b2_stages(tiny_sdxl, sdxl_cfg.model_copy(update={"train": train}))
     assert tiny_sdxl.unet.is_gradient_checkpointing
