@@ -197,6 +197,23 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     )
 
 
+def _tiny_vae(image_size: int, **family) -> AutoencoderKL:
+    """A VAE with one 2x downsampling (latents image/2) and the family's latent channels,
+    scaling and shift (`family`: AutoencoderKL's arguments)."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=image_size,
+        mid_block_add_attention=False,
+        **family,
+    )
+
+
 def tiny_sd3_pipeline(
     image_size: int = 32,
     width: int = 32,
@@ -212,21 +229,13 @@ def tiny_sd3_pipeline(
     their pooled outputs the pooled projection) and, with `t5`, a one-layer T5 encoder of
     the joint attention width (else none, as diffusers allows)."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
+    vae = _tiny_vae(
+        image_size,
         latent_channels=16,
-        norm_num_groups=8,
-        sample_size=image_size,
         scaling_factor=1.5305,
         shift_factor=0.0609,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        mid_block_add_attention=False,
     )
     heads = 4
     transformer = SD3Transformer2DModel(
@@ -298,19 +307,7 @@ def tiny_sdxl_pipeline(
     CLIPTextModelWithProjection of different widths (their states side by side are the
     cross-attention width; the second's projection the pooled embedding), DDIM."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=image_size,
-        scaling_factor=0.13025,
-        mid_block_add_attention=False,
-    )
+    vae = _tiny_vae(image_size, latent_channels=4, scaling_factor=0.13025)
     n = len(unet_channels)
     unet = UNet2DConditionModel(
         sample_size=image_size // 2,
