@@ -90,7 +90,7 @@ def test_recombine_sets_train_every_held_out_unusual_object_beside_another_partn
 
 def test_relations_hold_out_the_unusual_train_pairs_in_every_relation_sentence():
     # the default presets' set: the trained pairs, asked for in sentences never trained or
-    # pretrained (docs/archive/RESULTS-history.md, tenth session)
+    # pretrained
     assert prompt_file("relations", "train") == prompt_file("unusual", "train")
     train = [parse(p) for p in load_prompts(prompt_file("relations", "train"))]
     test = load_prompts(prompt_file("relations", "test"))
@@ -102,7 +102,7 @@ def test_relations_hold_out_the_unusual_train_pairs_in_every_relation_sentence()
 
 
 def test_unusual_held_out_prompts_all_ask_for_yellow_which_no_train_prompt_has():
-    # what docs/archive/RESULTS-history.md and toyworld/prompts.py say of the default split
+    # what toyworld/prompts.py says of the default split
     train = load_prompts(prompt_file("unusual", "train"))
     test = load_prompts(prompt_file("unusual", "test"))
     assert "yellow" not in words(train)
