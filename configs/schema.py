@@ -41,6 +41,13 @@ class ModelConfig(Section):
         "can collapse training (docs/RESULTS.md). "
         "No effect on float16 / bfloat16 models or on the CPU.",
     )
+    resolution: int | None = Field(
+        None,
+        ge=8,
+        description="Image side in pixels that sampling, training and evaluation use; None: "
+        "the denoiser's own sample_size (e.g. 1024 for SD3.5 and SDXL). A multiple of the "
+        "VAE's downsampling times 8.",
+    )
     autocast: Literal["none", "bf16", "fp16"] = Field(
         "none",
         description="Run the UNet under torch.autocast in this half precision wherever the "

@@ -151,6 +151,7 @@ class DiffusionModel:
     tokenizer_3: object = None
     # the pipeline's force_zeros_for_empty_prompt (SDXL): the empty prompt encodes to zeros
     zero_empty_prompt: bool = False
+    latent_size: tuple[int, int] | None = None  # model.resolution's; None: the denoiser's
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -159,7 +160,7 @@ class DiffusionModel:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size
+        size = self.latent_size or self.unet.config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (self.unet.config.in_channels, *size)
 
@@ -260,7 +261,21 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
             f"model.pretrained = {cfg.pretrained!r}: not a text-to-image pipeline "
             f"(missing {', '.join(missing)})"
         )
-    return from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
+    model = from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
+    if cfg.resolution is not None:
+        model.latent_size = _latent_size(model, cfg.resolution)
+    return model
+
+
+def _latent_size(model: DiffusionModel, resolution: int) -> tuple[int, int]:
+    """model.resolution in latents: the VAE downsamples by 2 per block after the first."""
+    scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    if resolution % (scale * 8):
+        raise PipelineLoadError(
+            f"model.resolution = {resolution}: not a multiple of {scale * 8} (this VAE "
+            f"downsamples by {scale}, and the denoiser needs latents in multiples of 8)"
+        )
+    return resolution // scale, resolution // scale
 
 
 def _family_of_pipe(pipe: DiffusionPipeline, source: str | None = None) -> Family:
