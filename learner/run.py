@@ -213,6 +213,9 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
     save_config(run_dir, cfg, start_stage)
     info_path = run_dir / "run.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info["run_name"] = run_dir.name
+    info_path.write_text(json.dumps(info, indent=2))
+    # the tracker records its MLflow run (id and store) in run.json once it has one
     tracker = Tracker(
         cfg,
         run_dir,
@@ -221,14 +224,6 @@ def _execute(cfg, run_dir, state, last, start_stage, on_submit, stop_after, outp
         run_tracking_uri(run_dir, outputs),
         outputs.artifact_location,
     )
-    info.update(
-        {
-            "run_name": run_dir.name,
-            "mlflow_run_id": tracker.run_id,
-            "mlflow_tracking_uri": tracker.tracking_uri if tracker.run_id else None,
-        }
-    )
-    info_path.write_text(json.dumps(info, indent=2))
     tracker.artifact(run_dir / "config.yaml")
     if state is not None:
         try:

@@ -27,6 +27,7 @@ from learner.groups import (
     RewardFn,
     StageGroups,
 )
+from learner.learner_worker import LearnerWorker
 from learner.records import RolloutTask, Rows, Selected
 from learner.schedule import interval
 from learner.selection import Selection
@@ -223,8 +224,6 @@ def run_in_process(
 ) -> StageRecord:
     """One stage in this process, sampling with the trainer's own model: the reference
     for tests and probes. The record also holds the stage's whole batch (`batch`)."""
-    from learner.learner_worker import LearnerWorker
-
     learner = LearnerWorker(cfg, trainer, advantages)
     rollouts = InProcessRollouts(trainer.model, cfg)
     groups = StageGroups(rollouts, InProcessRewards(reward_fn), InProcessLearner(learner))

@@ -117,3 +117,25 @@ def thread_ranks():
 
     yield make
     torch.set_num_threads(before)
+
+
+@pytest.fixture()
+def in_threads():
+    """`in_threads(calls)`: every call at once, one thread each (ranks that meet in
+    collectives); their results, in order."""
+    import threading
+
+    def run(calls: list) -> list:
+        out = [None] * len(calls)
+
+        def one(i: int) -> None:
+            out[i] = calls[i]()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return out
+
+    return run

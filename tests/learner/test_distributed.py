@@ -4,7 +4,6 @@ threads (a barrier as the collective) making the update one rank makes."""
 from __future__ import annotations
 
 import copy
-import threading
 
 import numpy as np
 import pytest
@@ -52,7 +51,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, thread_ranks):
+def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, thread_ranks, in_threads):
     loss, train = CASES[case]
     cfg = tiny_cfg.model_copy(
         update={
@@ -70,16 +69,7 @@ def test_two_ranks_make_the_update_of_one(tiny_model, tiny_cfg, case, thread_ran
     want = one.update(batch, adv, sel, stage=2)
 
     ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, g) for g in thread_ranks(2)]
-    got: list = [None, None]
-
-    def run(r: int) -> None:
-        got[r] = ranks[r].update(batch, adv, sel, stage=2)
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = in_threads([lambda t=t: t.update(batch, adv, sel, stage=2) for t in ranks])
     assert got[0] is not None and got[0] == got[1]  # the same stats on every rank
     w0, w1, ref = ranks[0].weights(), ranks[1].weights(), one.weights()
     assert all(torch.equal(w0[k], w1[k]) for k in ref)  # identical on every rank

@@ -136,9 +136,7 @@ def test_update_counts_its_unet_evaluations(tiny_model, tiny_cfg, kl_coef):
     assert m["unet_evaluations"] == r.unet_evaluations  # sampling's count keeps its name
 
 
-def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks):
-    import threading
-
+def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks, in_threads):
     from diffusion.sampler import sample_branches
     from learner.selection import compact, select
     from learner.stage import sampler_settings
@@ -152,16 +150,7 @@ def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks):
     batch, adv, sel = batch.select(torch.as_tensor(sel.index)), adv[sel.index], compact(sel)
     want = PolicyTrainer(copy.deepcopy(tiny_model), cfg).update(batch, adv, sel, stage=2)
     ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, g) for g in thread_ranks(2)]
-    got: list = [None, None]
-
-    def run(r: int) -> None:
-        got[r] = ranks[r].update(batch, adv, sel, stage=2)
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = in_threads([lambda t=t: t.update(batch, adv, sel, stage=2) for t in ranks])
     assert got[0].update_unet_evaluations == got[1].update_unet_evaluations
     assert got[0].update_unet_evaluations == want.update_unet_evaluations > 0
     e0, e1 = ranks[0].ema_weights(), ranks[1].ema_weights()

@@ -4,7 +4,6 @@ equal the sampled ones; a mismatch is measured, reduced over ranks and warned ab
 from __future__ import annotations
 
 import copy
-import threading
 
 import numpy as np
 import pytest
@@ -94,23 +93,16 @@ def test_default_tolerances_follow_the_precision(tiny_cfg, tiny_pipeline_dir):
     assert onpolicy.tolerance(_cfg(tiny_cfg, onpolicy_tolerance=3e-3)) == 3e-3
 
 
-def test_two_ranks_report_the_global_statistic(tiny_model, tiny_cfg, batch, thread_ranks):
+def test_two_ranks_report_the_global_statistic(
+    tiny_model, tiny_cfg, batch, thread_ranks, in_threads
+):
     """Each rank sees its shard; the reduced max, mean and count are one rank's."""
     cfg = _cfg(tiny_cfg, batch_size=9)
     shifted = copy.copy(batch)
     gen = torch.Generator().manual_seed(0)
     shifted.log_probs = batch.log_probs + 1e-3 * torch.rand(batch.log_probs.shape, generator=gen)
     want = _update(tiny_model, cfg, shifted)
-    groups, got = thread_ranks(2), [None, None]
-
-    def run(rank: int) -> None:
-        got[rank] = _update(tiny_model, cfg, shifted, groups[rank])
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    got = in_threads([lambda g=g: _update(tiny_model, cfg, shifted, g) for g in thread_ranks(2)])
     assert got[0] is not None and got[0] == got[1]
     assert got[0].onpolicy_transitions == want.onpolicy_transitions == 9 * batch.interval
     assert got[0].onpolicy_ratio_dev_max == pytest.approx(want.onpolicy_ratio_dev_max, rel=1e-3)
