@@ -13,7 +13,10 @@ SD3 pipeline of `diffusion.tiny` (no T5; 32 px, 16-channel 16 x 16 latents), whi
 with the project's loader and with `StableDiffusion3Pipeline.from_pretrained(DIR,
 text_encoder_3=None, tokenizer_3=None)`. `--arch sdxl-tiny` writes the tiny random SDXL
 pipeline (32 px, 4-channel 16 x 16 latents, DDIM), which loads with the project's loader and
-with `StableDiffusionXLPipeline.from_pretrained(DIR)`.
+with `StableDiffusionXLPipeline.from_pretrained(DIR)`. `--arch flux-tiny` writes the tiny
+random FLUX.1 pipeline of `diffusion.tiny_flux` (guidance-distilled as FLUX.1-dev; 32 px,
+16-channel 16 x 16 latents, 64 packed tokens), which loads with the project's loader and with
+`FluxPipeline.from_pretrained(DIR)`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from diffusion.tiny import clip_tokenizer, sd_scheduler, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from diffusion.tiny_flux import tiny_flux_pipeline
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m diffusion.architectures", description=__doc__.split("\n")[0]
     )
-    tiny = {"sd3-tiny": tiny_sd3_pipeline, "sdxl-tiny": tiny_sdxl_pipeline}
+    tiny = {
+        "sd3-tiny": tiny_sd3_pipeline,
+        "sdxl-tiny": tiny_sdxl_pipeline,
+        "flux-tiny": tiny_flux_pipeline,
+    }
     p.add_argument("--arch", choices=[*sorted(ARCHITECTURES), *tiny], default="sd15-reduced")
     p.add_argument("--out", type=Path, required=True, help="the pipeline folder to write")
     p.add_argument("--seed", type=int, default=0)

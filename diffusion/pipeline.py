@@ -1,10 +1,10 @@
 """Load a diffusers text-to-image pipeline (local directory or hub id) for RL.
 
-The pipeline's family (`diffusion.families`: SD-1.x/2.x, SDXL or SD3) is read from its
-model_index.json. Only the parts RL needs are kept (denoiser, text encoders, tokenizers,
-VAE) and the scheduler is the family's policy scheduler (DDIM for SD, flow-matching Euler
-for SD3), built from the pipeline's own scheduler config. The toy world, Stable Diffusion
-and SD3 go through exactly this code.
+The pipeline's family (`diffusion.families`: SD-1.x/2.x, SDXL, SD3 or FLUX) is read from
+its model_index.json. Only the parts RL needs are kept (denoiser, text encoders,
+tokenizers, VAE) and the scheduler is the family's policy scheduler (DDIM for SD and SDXL,
+flow-matching Euler for SD3 and FLUX), built from the pipeline's own scheduler config. The
+toy world and every family go through exactly this code.
 """
 
 from __future__ import annotations
@@ -133,14 +133,14 @@ def _load(cfg: ModelConfig) -> DiffusionPipeline:
 class DiffusionModel:
     """The pieces of a text-to-image pipeline that sampling and training use.
 
-    `unet` is the denoiser whatever its architecture (SD3: the transformer), so that LoRA,
-    autocast and checkpointing code addresses one module; `family` does what differs."""
+    `unet` is the denoiser whatever its architecture (SD3, FLUX: the transformer), so that
+    LoRA, autocast and checkpointing code addresses one module; `family` does what differs."""
 
     unet: torch.nn.Module
     vae: torch.nn.Module
     text_encoder: torch.nn.Module
     tokenizer: object
-    scheduler: object  # the family's: DDIMScheduler (sd, sdxl), FlowMatchEulerDiscreteScheduler
+    scheduler: object  # the family's: DDIM (sd, sdxl), flow-matching Euler (sd3, flux)
     device: torch.device
     dtype: torch.dtype
     autocast: torch.dtype | None = None  # what the denoiser computes in under torch.autocast
@@ -158,11 +158,17 @@ class DiffusionModel:
         """The precision of the UNet's arithmetic: the autocast type, else the weights'."""
         return self.autocast or self.dtype
 
+    def __post_init__(self) -> None:
+        self.family.bind(self)
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.latent_size or self.unet.config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return (self.unet.config.in_channels, *size)
+        """One latent as the sampler draws it and the trajectories store it (the family's)."""
+        return self.family.latent_shape(self)
+
+    def passes(self, guidance_scale: float) -> int:
+        """Latents through the denoiser per latent and step at this guidance scale."""
+        return self.family.passes(self, guidance_scale)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
@@ -177,7 +183,8 @@ class DiffusionModel:
         uncond: torch.Tensor,
         guidance_scale: float,
     ) -> torch.Tensor:
-        """The classifier-free guided denoiser output at the given (integer) timesteps."""
+        """The guided denoiser output at the given (integer) timesteps: classifier-free
+        guidance, or FLUX.1-dev's guidance embedding."""
         return self.family.predict(self, latents, timesteps, cond, uncond, guidance_scale)
 
     def step(
@@ -192,7 +199,7 @@ class DiffusionModel:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One policy step: (next latent, its log-prob [N], mean over dims). Recorded steps
         are the ones trained; a family may take unrecorded ones deterministically (the
-        log-prob is then None). `eta`: DDIM's eta (sd), the SDE noise level (sd3)."""
+        log-prob is then None). `eta`: DDIM's eta (sd, sdxl), the SDE noise level (sd3, flux)."""
         return self.family.step(
             self,
             output,

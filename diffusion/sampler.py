@@ -107,7 +107,7 @@ def _advance(
             settings.guidance_scale,
         )
         counter.calls += 1
-        counter.evaluations += x.shape[0] * (1 if settings.guidance_scale == 1.0 else 2)
+        counter.evaluations += x.shape[0] * model.passes(settings.guidance_scale)
         nxt, lp = model.step(eps, t, x, settings.eta, noise=noise[lo : lo + mb], recorded=recorded)
         nexts.append(nxt)
         log_probs.append(lp)
@@ -205,12 +205,15 @@ def sample_branches(
     )
 
 
-def expected_evaluations(settings: SamplerSettings, trunks: int) -> int:
-    """UNet evaluations the method costs: per trunk start + K * (T - start), x2 with CFG
-    (the paper's interval, the last s steps: (T - s) + K * s)."""
+def expected_evaluations(settings: SamplerSettings, trunks: int, passes: int | None = None) -> int:
+    """UNet evaluations the method costs: per trunk start + K * (T - start) steps (the
+    paper's interval, the last s steps: (T - s) + K * s), each `passes` denoiser passes per
+    latent (`DiffusionModel.passes`; by default two with CFG, else one)."""
     start = settings.interval[0]
     per_trunk = start + settings.branches * (settings.num_steps - start)
-    return trunks * per_trunk * (1 if settings.guidance_scale == 1.0 else 2)
+    if passes is None:
+        passes = 1 if settings.guidance_scale == 1.0 else 2
+    return trunks * per_trunk * passes
 
 
 def sample_images(

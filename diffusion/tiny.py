@@ -1,4 +1,5 @@
-"""Build small Stable-Diffusion-shaped pipelines (SD-1.x, SDXL, SD3) from configs, no download.
+"""Build small Stable-Diffusion-shaped pipelines (SD-1.x, SDXL, SD3) from configs, no download
+(FLUX: `diffusion.tiny_flux`).
 
 Used by the test fixtures (random weights) and by the toy world's builder (which then
 trains them). The tokenizer is the real CLIP BPE tokenizer, built from the vocabulary that
@@ -197,7 +198,7 @@ def tiny_t5_tokenizer() -> T5TokenizerFast:
     )
 
 
-def _tiny_vae(image_size: int, **family) -> AutoencoderKL:
+def tiny_vae(image_size: int, **family) -> AutoencoderKL:
     """A VAE with one 2x downsampling (latents image/2) and the family's latent channels,
     scaling and shift (`family`: AutoencoderKL's arguments)."""
     return AutoencoderKL(
@@ -229,7 +230,7 @@ def tiny_sd3_pipeline(
     their pooled outputs the pooled projection) and, with `t5`, a one-layer T5 encoder of
     the joint attention width (else none, as diffusers allows)."""
     torch.manual_seed(seed)
-    vae = _tiny_vae(
+    vae = tiny_vae(
         image_size,
         latent_channels=16,
         scaling_factor=1.5305,
@@ -307,7 +308,7 @@ def tiny_sdxl_pipeline(
     CLIPTextModelWithProjection of different widths (their states side by side are the
     cross-attention width; the second's projection the pooled embedding), DDIM."""
     torch.manual_seed(seed)
-    vae = _tiny_vae(image_size, latent_channels=4, scaling_factor=0.13025)
+    vae = tiny_vae(image_size, latent_channels=4, scaling_factor=0.13025)
     n = len(unet_channels)
     unet = UNet2DConditionModel(
         sample_size=image_size // 2,

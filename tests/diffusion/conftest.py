@@ -1,4 +1,5 @@
-"""A tiny random SD3 pipeline folder (no T5) and the project's model loaded from it."""
+"""Tiny random SD3 (no T5), SDXL and FLUX pipeline folders and the project's models loaded
+from them."""
 
 from __future__ import annotations
 
@@ -79,6 +80,52 @@ def sdxl_cfg(tiny_cfg, tiny_sdxl_dir):
         update={
             "stages": 2,
             "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_sdxl_dir}),
+            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
+            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
+        }
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory) -> str:
+    """The tiny random FLUX.1 pipeline, written by `python -m diffusion.architectures`."""
+    from diffusion.architectures import main
+
+    path = tmp_path_factory.mktemp("tiny_flux") / "pipeline"
+    assert main(["--arch", "flux-tiny", "--out", str(path)]) == 0
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def _tiny_flux_once(tiny_flux_dir):
+    from configs.schema import ModelConfig
+    from diffusion.pipeline import load_model
+
+    return load_model(ModelConfig(pretrained=tiny_flux_dir), torch.device("cpu"))
+
+
+@pytest.fixture()
+def tiny_flux(_tiny_flux_once):
+    """A fresh copy per test: trainers attach LoRA to the transformer in place."""
+    return copy.deepcopy(_tiny_flux_once)
+
+
+@pytest.fixture()
+def flux_cfg(tiny_cfg, tiny_flux_dir):
+    """The tiny SD world's config on the FLUX pipeline (flow noise level 0.9, guidance 3.5
+    as an embedding), smaller: 4 steps, 2 trunks x 3 branches, two stages training the last
+    2, then 3 steps."""
+    sampling = {
+        "eta": 0.9,
+        "guidance_scale": 3.5,
+        "num_steps": 4,
+        "trunks_per_stage": 2,
+        "branches": 3,
+    }
+    return tiny_cfg.model_copy(
+        update={
+            "stages": 2,
+            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_flux_dir}),
             "sampling": tiny_cfg.sampling.model_copy(update=sampling),
             "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
         }

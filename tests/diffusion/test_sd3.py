@@ -1,14 +1,11 @@
 """The sd3 family on a tiny random SD3 pipeline: loading, sampling, LoRA export, B² stages."""
 
-import json
-
-import pytest
 import torch
 from diffusers import StableDiffusion3Pipeline
 
 from configs.schema import ModelConfig
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
-from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
+from diffusion.pipeline import from_pipeline, load_model
 from diffusion.sampler import UNetCounter, expected_evaluations, sample_branches
 from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
@@ -62,15 +59,6 @@ def test_t5_conditioning_equals_the_stock_encoder(tmp_path):
     # the T5 part: the same weights loaded twice agree to float rounding (7e-6), not bitwise
     assert torch.allclose(ours[:, 16:-1], embeds[:, 16:], atol=1e-5)
     assert embeds[:, 16:].abs().sum() > 0  # the T5 part is the encoder's, not zeros
-
-
-def test_unsupported_pipeline_class_is_refused_in_one_line(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    with pytest.raises(PipelineLoadError) as exc:
-        load_model(ModelConfig(pretrained=str(tmp_path)), CPU)
-    msg = str(exc.value)
-    assert "\n" not in msg and "'FluxPipeline'" in msg
-    assert "StableDiffusionPipeline" in msg and "StableDiffusion3Pipeline" in msg
 
 
 def test_lora_export_loads_in_the_stock_sd3_pipeline(tiny_sd3, tiny_sd3_dir, sd3_cfg, tmp_path):
