@@ -3,7 +3,8 @@
 Transport is a flat {name: tensor} dict of the LoRA parameters only (what the learner
 `ray.put`s); export is diffusers' own format (`pytorch_lora_weights.safetensors`), which
 the stock pipeline of the model's family reads with `load_lora_weights`
-(`StableDiffusionPipeline`, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`).
+(`StableDiffusionPipeline`, `StableDiffusionXLPipeline`, `StableDiffusion3Pipeline`,
+`FluxPipeline`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The SD3.5-Medium and SDXL presets: they load, and pointed at the tiny random pipeline of
-their family with tiny sizes they pass the driver's preflight."""
+"""The SD3.5-Medium, SDXL and FLUX.1-dev presets: they load, and pointed at the tiny random
+pipeline of their family with tiny sizes they pass the driver's preflight."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, str]:
     from diffusion.architectures import main
 
     dirs = {}
-    for family, arch in (("sd3", "sd3-tiny"), ("sdxl", "sdxl-tiny")):
+    for family, arch in (("sd3", "sd3-tiny"), ("sdxl", "sdxl-tiny"), ("flux", "flux-tiny")):
         path = tmp_path_factory.mktemp(arch) / "pipeline"
         assert main(["--arch", arch, "--out", str(path)]) == 0
         dirs[family] = str(path)
@@ -64,7 +64,20 @@ def test_sdxl_preset_values():
     assert cfg.train.gradient_checkpointing and cfg.train.micro_batch >= 1
 
 
-@pytest.mark.parametrize(("preset", "family"), [("sd35m_b2", "sd3"), ("sdxl_b2", "sdxl")])
+def test_flux_preset_values():
+    cfg = load_config(PRESET_DIR / "flux_b2.yaml")
+    assert cfg.model.pretrained == "black-forest-labs/FLUX.1-dev"
+    assert cfg.model.resolution == 512
+    assert (cfg.sampling.num_steps, cfg.sampling.eta, cfg.sampling.guidance_scale) == (6, 0.9, 3.5)
+    assert (cfg.model.dtype, cfg.model.autocast) == ("bfloat16", "bf16")
+    assert cfg.train.gradient_checkpointing and cfg.train.micro_batch >= 1
+    assert (cfg.train.lora.rank, cfg.train.lora.alpha) == (64, 128)
+    assert {"add_q_proj", "to_add_out", "ff.net.2"} <= set(cfg.train.lora.targets)
+
+
+@pytest.mark.parametrize(
+    ("preset", "family"), [("sd35m_b2", "sd3"), ("sdxl_b2", "sdxl"), ("flux_b2", "flux")]
+)
 def test_preset_on_the_tiny_pipeline_of_its_family_passes_preflight(preset, family, tiny_dirs):
     overrides = [f"model.pretrained={tiny_dirs[family]}", *TINY]
     cfg = load_config(PRESET_DIR / f"{preset}.yaml", overrides)

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from diffusers import StableDiffusion3Pipeline, StableDiffusionXLPipeline
+from diffusers import FluxPipeline, StableDiffusion3Pipeline, StableDiffusionXLPipeline
 
 from learner.main import main
 
@@ -36,10 +36,28 @@ def _sdxl_denoiser(path: str):
     return stock, lambda: stock.unet(x, torch.tensor([900]), **call).sample
 
 
+def _flux_denoiser(path: str):
+    from diffusion.families.flux import image_ids
+
+    stock = FluxPipeline.from_pretrained(path, local_files_only=True)
+    g = torch.Generator().manual_seed(0)
+    call = dict(
+        hidden_states=torch.randn(1, 64, 64, generator=g),  # 8 x 8 packed tokens
+        encoder_hidden_states=torch.randn(1, 20, 32, generator=g),
+        pooled_projections=torch.randn(1, 32, generator=g),
+        timestep=torch.tensor([0.9]),
+        img_ids=image_ids(16, 16, "cpu", torch.float32),
+        txt_ids=torch.zeros(20, 3),
+        guidance=torch.tensor([3.5]),
+    )
+    return stock, lambda: stock.transformer(**call).sample
+
+
 FAMILIES = {
     # family: (its tiny pipeline's fixture, the stock pipeline and its denoiser, settings)
     "sd3": ("tiny_sd3_dir", _sd3_denoiser, {"sampling.eta": 0.7}),
     "sdxl": ("tiny_sdxl_dir", _sdxl_denoiser, {}),
+    "flux": ("tiny_flux_dir", _flux_denoiser, {"sampling.eta": 0.9}),
 }
 
 

@@ -9,6 +9,7 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift as stock_shift
 
+from configs.load import PRESET_DIR, load_config
 from configs.schema import ModelConfig
 from diffusion.families.flux import FluxScheduler, calculate_shift, pack, unpack
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
@@ -117,16 +118,18 @@ def test_unsupported_pipeline_class_is_refused_in_one_line(tmp_path):
 
 
 def test_lora_export_loads_in_the_stock_flux_pipeline(tiny_flux, tiny_flux_dir, flux_cfg, tmp_path):
-    # every attention projection of the double- and single-stream blocks; alpha/rank = 2
-    lora = flux_cfg.train.lora.model_copy(
-        update={"targets": list(tiny_flux.family.lora_targets), "alpha": 8.0}
-    )
+    # flux_b2's targets: the attention projections of the double- and single-stream blocks
+    # and the double-stream feed-forward layers; alpha/rank = 2
+    targets = load_config(PRESET_DIR / "flux_b2.yaml").train.lora.targets
+    assert set(tiny_flux.family.lora_targets) <= set(targets)
+    lora = flux_cfg.train.lora.model_copy(update={"targets": targets, "alpha": 8.0})
     attach_lora(tiny_flux.unet, lora, seed=0)
     g = torch.Generator().manual_seed(0)
     state = {
         k: torch.randn(v.shape, generator=g) * 0.3 for k, v in lora_state(tiny_flux.unet).items()
     }
     assert any(k.startswith("single_transformer_blocks.") for k in state)
+    assert any(".ff_context.net.2." in k for k in state)
     load_lora_state(tiny_flux.unet, state)
     path = export_lora(state, lora, tmp_path / "lora")  # the family read off the names
 
@@ -144,5 +147,9 @@ def test_lora_export_loads_in_the_stock_flux_pipeline(tiny_flux, tiny_flux_dir, 
 
 
 def test_two_b2_stages_train_the_flux_lora_in_process(tiny_flux, flux_cfg, two_b2_stages):
+    # flux_b2's memory options (checkpointed transformer, micro-batches of 2) and per-step
+    # loss weights by the flow step's sensitivity
+    train = flux_cfg.train.model_copy(update={"gradient_checkpointing": True, "micro_batch": 2})
     loss = flux_cfg.loss.model_copy(update={"step_weight": "noise"})
-    two_b2_stages(tiny_flux, flux_cfg.model_copy(update={"loss": loss}))
+    two_b2_stages(tiny_flux, flux_cfg.model_copy(update={"train": train, "loss": loss}))
+    assert tiny_flux.unet.is_gradient_checkpointing
