@@ -4,9 +4,10 @@ stock FluxPipeline, the SDE step's density, LoRA export, B² stages."""
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
-from diffusers import FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift as stock_shift
 
 from configs.load import PRESET_DIR, load_config
@@ -47,6 +48,17 @@ def test_packing_and_the_shift_are_fluxpipelines():
         assert calculate_shift(cfg, n) == pytest.approx(stock_shift(n), abs=1e-12)
 
 
+def test_the_schedule_follows_the_latent_size(tiny_flux):
+    stock = FlowMatchEulerDiscreteScheduler.from_config(tiny_flux.scheduler.config)
+    for size, tokens in ((None, 64), ((32, 32), 256), ((64, 48), 768)):
+        tiny_flux.latent_size = size
+        tiny_flux.scheduler.set_timesteps(6, device="cpu")
+        # what FluxPipeline passes for an image of that many packed tokens
+        stock.set_timesteps(sigmas=np.linspace(1.0, 1 / 6, 6), mu=stock_shift(tokens))
+        assert torch.equal(tiny_flux.scheduler.sigmas, stock.sigmas)
+        assert torch.equal(tiny_flux.scheduler.timesteps, stock.timesteps)
+
+
 def test_project_sampling_equals_the_stock_pipeline(tiny_flux, tiny_flux_dir):
     m = tiny_flux
     assert m.family.name == "flux" and m.latent_shape == (16, 16, 16)
@@ -75,6 +87,22 @@ def test_project_sampling_equals_the_stock_pipeline(tiny_flux, tiny_flux_dir):
         images = stock.vae.decode(theirs / vae.scaling_factor + vae.shift_factor).sample
     stock_images = ((images / 2 + 0.5).clamp(0, 1) * 255).round()
     assert (batch.images.float() - stock_images).abs().max() <= 1
+
+
+def test_without_guidance_embedding_guidance_is_cfg_against_the_empty_prompt(tmp_path):
+    from diffusion.tiny_flux import tiny_flux_pipeline
+
+    path = str(tmp_path / "schnell")
+    tiny_flux_pipeline(seed=1, guidance_embeds=False).save_pretrained(path)
+    m = load_model(ModelConfig(pretrained=path), CPU)
+    assert (m.passes(1.0), m.passes(3.5)) == (1, 2)
+    counter = UNetCounter()
+    ours = sample_branches(m, [PROMPT], [0], PLAIN, seed=5, stage=0, counter=counter)
+    assert counter.evaluations == expected_evaluations(PLAIN, 1) == 6
+    # FluxPipeline's true CFG with the empty negative prompt (its guidance_scale unused)
+    cfg = dict(negative_prompt="", true_cfg_scale=3.5)
+    theirs = _stock_latents(_stock(path), latents=pack(ours.chain[:, 0]), **cfg)
+    assert (ours.chain[:, -1] - theirs).abs().max() <= 1e-5
 
 
 def test_sde_step_is_the_gaussian_and_recomputes_to_ratio_one(tiny_flux, flux_cfg):
