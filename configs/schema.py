@@ -48,6 +48,14 @@ class ModelConfig(Section):
         "the denoiser's own sample_size (e.g. 1024 for SD3.5 and SDXL). A multiple of the "
         "VAE's downsampling times 8.",
     )
+    max_sequence_length: int | None = Field(
+        None,
+        ge=0,
+        le=512,
+        description="sd3 / flux: the T5 tokens of the joint text sequence (diffusers' "
+        "max_sequence_length); without a T5 encoder, that many zero embeddings. None: the "
+        "family's default (256 for sd3, 512 for flux). Ignored by sd and sdxl.",
+    )
     autocast: Literal["none", "bf16", "fp16"] = Field(
         "none",
         description="Run the UNet under torch.autocast in this half precision wherever the "

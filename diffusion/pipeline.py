@@ -152,6 +152,7 @@ class DiffusionModel:
     # the pipeline's force_zeros_for_empty_prompt (SDXL): the empty prompt encodes to zeros
     zero_empty_prompt: bool = False
     latent_size: tuple[int, int] | None = None  # model.resolution's; None: the denoiser's
+    max_sequence_length: int | None = None  # model.max_sequence_length; None: the family's
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -271,6 +272,7 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
     model = from_pipeline(pipe, device, DTYPES[cfg.dtype], AUTOCAST[cfg.autocast])
     if cfg.resolution is not None:
         model.latent_size = _latent_size(model, cfg.resolution)
+    model.max_sequence_length = cfg.max_sequence_length
     return model
 
 
