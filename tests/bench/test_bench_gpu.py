@@ -14,21 +14,39 @@ from bench.gpu import (
 )
 from diffusion.architectures import SD15, build_networks
 
+# seconds of the tiny run alone on one thread (a loaded 2-core machine takes longer)
+TINY_SECONDS = 60
 
-def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, capsys):
+
+def _tiny_run(tmp_path, arch: str) -> dict:
     threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    assert main(["--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 0
-    assert time.perf_counter() - t0 < 60
+    assert main(["--out", str(tmp_path), "--arch", arch, "--tiny", "--device", "cpu"]) == 0
+    assert time.perf_counter() - t0 < TINY_SECONDS
     assert torch.get_num_threads() == threads  # restored after the one-thread CPU run
+    return json.loads((tmp_path / RESULT_FILE).read_text())
 
-    out = json.loads((tmp_path / RESULT_FILE).read_text())
+
+@pytest.mark.parametrize(
+    "arch, family, rows_per_latent",
+    [("sd15", "sd", 2), ("sd35m", "sd3", 2), ("flux", "flux", 1)],  # flux: guidance embedded
+)
+def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(
+    tmp_path, capsys, arch, family, rows_per_latent
+):
+    out = _tiny_run(tmp_path, arch)
     assert out["complete"] is True  # the partial writes after each part were replaced
     assert not list(tmp_path.glob("*.tmp"))
+    assert out["meta"]["arch"]["name"] == f"{arch}-tiny"
+    assert out["meta"]["arch"]["family"] == family
     for key in (
         "images_per_second",
         "unet_tflops",
         "matmul_peak_tflops",
+        "unet_fraction_of_matmul_peak",
+        "sampling_fraction_of_matmul_peak",
+        "update_fraction_of_matmul_peak",
+        "update_trajectory_steps_per_second",
         "peak_memory_bytes",
         "max_micro_batch",
     ):
@@ -40,6 +58,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     assert out["errors"] == [] and out["skipped"] == []
 
     samp = out["sampling"]["float32"]
+    assert samp["unet_batch"] == rows_per_latent * samp["micro_batch"]
     assert samp["unet_evaluations"] == samp["unet_evaluations_formula"] > 0
     assert samp["images"] == samp["trunks"] * samp["branches"]
     assert samp["unet_flops_per_forward"] > 0 and samp["finite_latents"]
@@ -47,6 +66,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
     update = out["update"]
     assert update["seconds"] > 0 and update["stats"]["optimizer_steps"] >= 1
     assert update["selected_trajectories"] == 2 * samp["trunks"]  # best + worst per trunk
+    assert out["update_trajectory_steps_per_second"] == update["trajectory_steps_per_second"]
     # the update again from the sampling weights: micro-batches and gradient checkpointing
     uv = out["update_variants"]
     assert uv["trajectories"] == samp["images"]  # no memory limit on the CPU: all of them
@@ -59,14 +79,25 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(tmp_path, c
         assert v["stats"]["onpolicy_transitions"] == uv["trajectories"] * uv["interval"]
         assert v["stats"]["onpolicy_ratio_dev_max"] <= 1e-6  # sampled at these weights
         assert v["stats"]["loss"] == pytest.approx(var["preset"]["stats"]["loss"], abs=1e-6)
+        assert v["fraction_of_matmul_peak"] > 0
 
     printed = capsys.readouterr().out.rstrip()
     text = table(out).rstrip()
     assert printed.endswith(text)
-    assert text.splitlines()[0].startswith("== bench.gpu results")
+    assert text.splitlines()[0].startswith(f"== bench.gpu results: {arch}-tiny")
     assert "images/s" in text and "matmul peak TFLOP/s" in text
     assert "branch-batched / per-branch loop" in text
     assert "micro-batch 4, checkpointing" in text
+    assert "of the matmul peak" in text
+
+
+def test_skipped_parts_are_left_out_and_recorded(tmp_path):
+    args = ["--out", str(tmp_path), "--arch", "sd35m", "--device", "cpu", "--skip"]
+    assert main([*args, "branch_loop", "variants"]) == 0
+    out = json.loads((tmp_path / RESULT_FILE).read_text())
+    assert out["meta"]["skip"] == ["branch_loop", "variants"]
+    assert "per_branch_loop_seconds" not in out["sampling"]["float32"]
+    assert out["update_variants"] is None and out["update"]["seconds"] > 0
 
 
 def _oom_above(limit: int):
@@ -141,8 +172,7 @@ def test_partial_result_is_written_atomically(tmp_path):
 def test_table_shows_the_gpu_only_numbers(tmp_path):
     """What only a GPU run fills in (the micro-batch searches, an update variant that ran
     out of memory) still prints, from a CPU run's JSON with those parts filled in."""
-    assert main(["--out", str(tmp_path), "--tiny", "--device", "cpu"]) == 0
-    out = json.loads((tmp_path / RESULT_FILE).read_text())
+    out = _tiny_run(tmp_path, "sd15")
     out["max_micro_batch"] = {"train": 37, "sampling": 197, "train_checkpointing": 256}
     out["max_micro_batch_search"] = {
         "train": {"capped": False},
@@ -154,3 +184,84 @@ def test_table_shows_the_gpu_only_numbers(tmp_path):
     assert "train 37 (UNet batch x2), sampling 197" in text
     assert "train with gradient checkpointing >=256" in text
     assert "largest: micro-batch 37, OOM" in text
+
+
+@pytest.mark.slow  # 10-15 s each
+@pytest.mark.parametrize(
+    "arch, transformer, text_encoders, row_tflop, train_tflop",
+    [
+        # SD3.5-M: CLIP-L, CLIP-bigG, T5-XXL; 1,024 image + 77 + 256 text tokens at 512 px
+        ("sd35m", 2_243_171_520, (123_650_304, 694_659_840, 4_762_310_656), 2.443, 10.62),
+        # FLUX.1-dev: CLIP-L, T5-XXL; 1,024 image + 512 text tokens, no CFG
+        ("flux", 11_901_408_320, (123_060_480, 4_762_310_656), 21.50, 45.24),
+    ],
+)
+def test_full_size_transformers_go_through_the_family_interface_on_the_meta_device(
+    arch, transformer, text_encoders, row_tflop, train_tflop
+):
+    """The GPU run's model at full size, shapes only: its parameter counts (FLUX.1-dev's
+    transformer has 11,901,408,320), the FLOPs of one guided evaluation per denoiser row
+    (the docstring's time estimates) and of one LoRA training term, each through the
+    family's encode / predict / step as the sampler and the update call them."""
+    from pathlib import Path
+
+    from bench.gpu.archs import ARCHS
+    from bench.gpu.build import build_model, parameters
+    from bench.gpu.measure import denoiser_rows
+    from bench.gpu.probes import split_timestep
+    from bench.gpu.sampling import bench_config
+    from learner.update import PolicyTrainer
+
+    spec = ARCHS[arch]
+    model = build_model(spec, torch.device("meta"), torch.bfloat16)
+    params = parameters(model)
+    assert params["unet"] == transformer
+    names = ("text_encoder", "text_encoder_2", "text_encoder_3")
+    assert tuple(params[k] for k in names if k in params) == text_encoders
+    assert model.latent_shape == (16, 64, 64)  # 512 px
+    cfg = bench_config(spec, "bfloat16", torch.device("cpu"), Path("unused"))
+    t = split_timestep(model, cfg).expand(1)  # on the CPU: meta tensors hold no values
+    x = torch.zeros(1, *model.latent_shape, device="meta", dtype=torch.bfloat16)
+    cond, uncond = model.encode_prompts([spec.name]), model.encode_prompts([""])
+    scale, eta = cfg.sampling.guidance_scale, cfg.sampling.eta
+
+    @torch.no_grad()
+    def forward() -> None:
+        model.predict(x, t, cond, uncond, scale)
+
+    rows = denoiser_rows(model.unet, forward)
+    assert rows == (1 if arch == "flux" else 2)  # FLUX.1-dev: guidance embedded, no CFG
+    assert count_flops(forward) / rows / 1e12 == pytest.approx(row_tflop, rel=1e-3)
+
+    trainer = PolicyTrainer(model, cfg)  # the LoRA on the family's projections
+
+    def term() -> None:
+        _, lp = model.step(model.predict(x, t, cond, uncond, scale), t, x, eta, prev_sample=x)
+        lp.float().mean().backward()
+
+    assert count_flops(term) / 1e12 == pytest.approx(train_tflop, rel=1e-3)
+    assert sum(p.numel() for p in trainer.params) > 0
+
+
+@pytest.mark.parametrize("arch", ["sd35m", "flux"])
+def test_transformers_are_built_in_the_run_dtype(arch):
+    """On a GPU the transformer archs are made directly in bfloat16 (FLUX would not fit
+    in float32 beside T5); the same code on the CPU at tiny size gives bf16 weights and a
+    finite guided evaluation."""
+    from bench.gpu.archs import TINY
+    from bench.gpu.build import MODULES, build_model
+
+    model = build_model(TINY[arch], torch.device("cpu"), torch.bfloat16)
+    for name in MODULES:
+        module = getattr(model, name)
+        if module is not None:
+            assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, name
+    assert torch.get_default_dtype() == torch.float32  # restored
+    model.scheduler.set_timesteps(4, device="cpu")
+    assert model.scheduler.sigmas.dtype == torch.float32
+    t = model.scheduler.timesteps.long()[:1].expand(2)
+    x = torch.randn(2, *model.latent_shape, dtype=torch.bfloat16)
+    cond, uncond = model.encode_prompts(["a cat", "a dog"]), model.encode_prompts([""])
+    with torch.no_grad():
+        out = model.predict(x, t, cond, uncond.expand(2, -1, -1), TINY[arch].guidance_scale)
+    assert out.shape == x.shape and out.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -1,0 +1,156 @@
+"""bench.gpu's update parts: one `PolicyTrainer.update` on the sampled trajectories, then
+the update again from the sampling weights at the preset's micro-batch, at the largest that
+fits and at the largest with gradient checkpointing."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from bench.gpu.budget import Budget
+from bench.gpu.measure import (
+    count_flops,
+    denoiser_rows,
+    free_memory,
+    peak_bytes,
+    reset_peak,
+    seconds_per_call,
+    sync,
+)
+from bench.gpu.probes import train_probe
+from configs.schema import Config
+from diffusion.pipeline import DiffusionModel
+from diffusion.trajectory import TrajectoryBatch
+from learner.selection import Selection, select
+from learner.update import PolicyTrainer
+
+
+def update_part(
+    model: DiffusionModel, cfg: Config, batch: TrajectoryBatch, budget: Budget
+) -> tuple[dict, PolicyTrainer | None, tuple]:
+    """One PolicyTrainer.update on the sampled trajectories; advantages spread -1..1 within
+    each trunk so that the best and the worst branch of every trunk are selected. Also
+    returns the trainer's starting LoRA and optimizer state (the sampling policy's)."""
+    dev = model.device
+    trainer = PolicyTrainer(model, cfg)  # attaches the LoRA to model.unet
+    start = (trainer.weights(), copy.deepcopy(trainer.optimizer.state_dict()))
+    K = cfg.sampling.branches
+    adv = np.tile(np.linspace(-1.0, 1.0, K), len(batch) // K)
+    sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
+    bs = cfg.train.micro_batch or cfg.train.batch_size  # trajectories per forward / backward
+    probe = train_probe(model, trainer.params, bs, cfg)
+    rows = denoiser_rows(model.unet, probe)  # also the warm-up of the backward kernels
+    flops = count_flops(probe)  # forward + backward of one training term, bs trajectories
+    sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=0)
+    terms = cfg.train.epochs * batch.interval * len(sel.index)  # trajectory-steps
+    out = {
+        "lora_rank": cfg.train.lora.rank,
+        "lora_parameters": sum(p.numel() for p in trainer.params),
+        "train_batch": cfg.train.batch_size,
+        "train_micro_batch": bs,
+        "unet_batch": rows,
+        "train_flops_per_trajectory_step": flops / bs,
+        "train_probe_seconds": sec_term,
+        "train_probe_tflops": flops / sec_term / 1e12,
+        "selected_trajectories": len(sel.index),
+        "interval": batch.interval,
+        "epochs": cfg.train.epochs,
+        "grad_accum": cfg.train.grad_accum,
+    }
+    estimate = 1.5 * terms * sec_term / bs + 5
+    if budget.left() < estimate:
+        budget.skip("update", estimate)
+        return out, trainer, start
+    sync(dev)
+    reset_peak(dev)
+    t0 = time.perf_counter()
+    stats = trainer.update(batch.without_images(), adv, sel, stage=0)
+    sync(dev)
+    sec = time.perf_counter() - t0
+    out.update(
+        {
+            "seconds": sec,
+            "trajectory_steps": terms,
+            "trajectory_steps_per_second": terms / sec,
+            "update_unet_tflops": terms * flops / bs / sec / 1e12,
+            "peak_memory_bytes": peak_bytes(dev),
+            "stats": stats.as_dict(),
+        }
+    )
+    return out, trainer, start
+
+
+def update_variants(
+    trainer: PolicyTrainer,
+    start: tuple,
+    batch: TrajectoryBatch,
+    largest: int | None,
+    seconds_per_step: float,
+    budget: Budget,
+) -> dict:
+    """The update at the preset's micro-batch, at the largest that fits and at the largest
+    with gradient checkpointing: each from the sampling weights (`start`), on the same first
+    n = min(largest, sampled) trajectories in one optimizer step, so their times, peak
+    memory, losses and on-policy ratios compare directly. `seconds_per_step`: the measured
+    seconds of one trajectory-step at the preset's micro-batch (for the time estimates)."""
+    base, dev = trainer.cfg, trainer.model.device
+    n = min(largest or len(batch), len(batch))
+    work = batch.select(torch.arange(n))
+    K = base.sampling.branches
+    adv = np.tile(np.linspace(-1.0, 1.0, K), -(-n // K))[:n]
+    sel = Selection(np.arange(n), int((adv > 0).sum()), int((adv < 0).sum()), np.zeros((0, 2), int))
+    plans = {
+        "preset": (min(base.train.micro_batch or base.train.batch_size, n), False),
+        "largest": (n, False),
+        "largest_checkpointing": (n, True),
+    }
+    out: dict = {"trajectories": n, "interval": work.interval, "variants": {}}
+    try:
+        for name, (micro, checkpointing) in plans.items():
+            steps = n * work.interval
+            estimate = 1.5 * steps * seconds_per_step * (1.5 if checkpointing else 1.0) + 5
+            if budget.left() < estimate:
+                budget.skip(f"update {name}", estimate)
+                continue
+            train = {
+                "epochs": 1,
+                "batch_size": n,
+                "grad_accum": 1,
+                "micro_batch": micro,
+                "gradient_checkpointing": checkpointing,
+            }
+            trainer.cfg = base.model_copy(update={"train": base.train.model_copy(update=train)})
+            trainer.load_weights(start[0])
+            trainer.optimizer.load_state_dict(start[1])
+            free_memory()
+            sync(dev)
+            reset_peak(dev)
+            t0 = time.perf_counter()
+            stats = None
+            try:
+                stats = trainer.update(work.without_images(), adv, sel, stage=0)
+            except torch.cuda.OutOfMemoryError:  # the probe fitted, the update did not
+                out["variants"][name] = {"micro_batch": micro, "error": "OutOfMemoryError"}
+                budget.errors.append(f"update {name}: OutOfMemoryError at micro-batch {micro}")
+            if stats is None:  # after the except block, so the traceback's tensors are gone
+                trainer.optimizer.zero_grad(set_to_none=True)
+                free_memory()
+                continue
+            sync(dev)
+            sec = time.perf_counter() - t0
+            out["variants"][name] = {
+                "micro_batch": micro,
+                "gradient_checkpointing": checkpointing,
+                "seconds": sec,
+                "trajectory_steps": steps,
+                "trajectory_steps_per_second": steps / sec,
+                "peak_memory_bytes": peak_bytes(dev),
+                "stats": stats.as_dict(),
+            }
+    finally:
+        trainer.cfg = base
+        trainer.model.unet.disable_gradient_checkpointing()
+    return out
