@@ -20,7 +20,8 @@ if [ "${1:-}" = "--prepare" ]; then
         --platform manylinux2014_x86_64 --implementation cp -d .whl \
         diffusers==0.42.1 pydantic==2.14.4 pydantic_core==2.50.5 annotated-types==0.8.0 \
         typing-inspection==0.4.5 open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.5 || exit 2
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>.git/info/exclude
+    exclude=$(git rev-parse --git-path info/exclude)
+    grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
     ls .whl
     exit 0
 fi
