@@ -3,8 +3,8 @@
 # H100 (each part has its own budget and a hard timeout; everything lands in $OUT):
 #   1. sd15 in fp16: sampling, the update, the largest train micro-batch, the update again at
 #      the preset's micro-batch, at the largest and at the largest with gradient
-#      checkpointing, then the largest micro-batch with checkpointing (160 s budget);
-#   2. sd35m, SD3.5-Medium at 512 px in bf16, every part that fits in 120 s;
+#      checkpointing, then the largest micro-batch with checkpointing (150 s budget);
+#   2. sd35m, SD3.5-Medium at 512 px in bf16, every part that fits in 130 s;
 #   3. flux, FLUX.1-dev at 512 px in bf16, every part but the per-branch loop, 140 s.
 # $OUT gets env.txt and, per arch, NAME.json (bench_gpu.json) and NAME.log (what it printed).
 #
@@ -58,7 +58,7 @@ bench() {
     fi
 }
 
-bench sd15 200 --arch sd15 --dtypes float16 --skip branch_loop sampling_search --budget-s 160
-bench sd35m 160 --arch sd35m --budget-s 120
+bench sd15 190 --arch sd15 --dtypes float16 --skip branch_loop sampling_search --budget-s 150
+bench sd35m 170 --arch sd35m --budget-s 130
 bench flux 190 --arch flux --skip branch_loop --budget-s 140
 echo "gpu_check done: $(ls "$OUT")"
