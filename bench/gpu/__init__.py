@@ -20,7 +20,9 @@ the project's own code on it, every denoiser call through the family interface:
      (`bench.branching.per_branch_loop`) -> the branch-batching speedup (`--skip
      branch_loop`);
   3. one `learner.update.PolicyTrainer.update` (PPO-clip, LoRA on the family's attention
-     projections) on those trajectories -> trajectory-steps/s and TFLOP/s;
+     projections, the preset's micro-batch and gradient checkpointing: on for sd35m and
+     flux) on those trajectories -> trajectory-steps/s and TFLOP/s (useful FLOPs: a
+     checkpointed recomputation is not counted);
   4. the largest micro-batch that fits: training forward + backward, and sampling (a
      guided denoiser step, the policy step and the VAE decode of that many latents; `--skip
      sampling_search`), by doubling then bisecting until `torch.cuda.OutOfMemoryError`;

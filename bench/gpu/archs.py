@@ -31,6 +31,7 @@ class Arch:
     train_batch: int
     grad_accum: int
     train_micro_batch: int  # trajectories per forward / backward (0: the whole batch)
+    gradient_checkpointing: bool  # in the update, as the preset trains
     guidance_scale: float
     eta: float  # DDIM's eta (sd), the SDE noise level (sd3, flux)
     lora_rank: int
@@ -60,6 +61,7 @@ SD15 = Arch(
     train_batch=32,
     grad_accum=1,
     train_micro_batch=16,
+    gradient_checkpointing=False,
     guidance_scale=5.0,
     eta=1.0,
     lora_rank=4,
@@ -72,8 +74,8 @@ SD15 = Arch(
 
 # Stable Diffusion 3.5 Medium at 512 px. Run sizes follow configs/sd35m_b2.yaml: 10 steps,
 # the first stage's split step 7, CFG 4.5, noise level 0.7, micro-batch 8, training
-# micro-batches of 4, LoRA rank 32 on both streams' attention projections; bf16 only
-# (T5 overflows in fp16).
+# micro-batches of 4 with gradient checkpointing, LoRA rank 32 on both streams' attention
+# projections; bf16 only (T5 overflows in fp16).
 SD35M = Arch(
     name="sd35m",
     family="sd3",
@@ -86,6 +88,7 @@ SD35M = Arch(
     train_batch=16,
     grad_accum=1,
     train_micro_batch=4,
+    gradient_checkpointing=True,
     guidance_scale=4.5,
     eta=0.7,
     lora_rank=32,
@@ -98,8 +101,8 @@ SD35M = Arch(
 
 # FLUX.1-dev at 512 px. Run sizes follow configs/flux_b2.yaml: 6 steps, the first stage's
 # split step 4, guidance 3.5 through the guidance embedding (one transformer row per
-# latent), noise level 0.9, K = 5, micro-batch 8, training micro-batches of 2, LoRA rank 64;
-# fewer trunks than sd35m (a row costs 9x SD3.5-M's); bf16 only.
+# latent), noise level 0.9, K = 5, micro-batch 8, training micro-batches of 2 with gradient
+# checkpointing, LoRA rank 64; fewer trunks than sd35m (a row costs 9x SD3.5-M's); bf16 only.
 FLUX = Arch(
     name="flux",
     family="flux",
@@ -112,6 +115,7 @@ FLUX = Arch(
     train_batch=8,
     grad_accum=1,
     train_micro_batch=2,
+    gradient_checkpointing=True,
     guidance_scale=3.5,
     eta=0.9,
     lora_rank=64,

@@ -142,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
     search = None
     if cuda and trainer is not None:
         search = {}
+        model.unet.disable_gradient_checkpointing()  # the update may have turned it on
         free_memory()
         search["train"] = budget.run(
             "largest train micro-batch",

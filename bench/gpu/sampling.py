@@ -58,6 +58,7 @@ def bench_config(arch: Arch, train_dtype: str, device: torch.device, out: Path) 
                 "batch_size": arch.train_batch,
                 "grad_accum": arch.grad_accum,
                 "micro_batch": arch.train_micro_batch,
+                "gradient_checkpointing": arch.gradient_checkpointing,
                 "lora": {
                     "rank": arch.lora_rank,
                     "targets": list(FAMILIES[arch.family].lora_targets),

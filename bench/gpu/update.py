@@ -41,16 +41,24 @@ def update_part(
     adv = np.tile(np.linspace(-1.0, 1.0, K), len(batch) // K)
     sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
     bs = cfg.train.micro_batch or cfg.train.batch_size  # trajectories per forward / backward
+    # the useful FLOPs of one trajectory's term (no recomputation), then the term at the
+    # preset's micro-batch and checkpointing timed (what the update's time estimate uses)
+    model.unet.disable_gradient_checkpointing()
+    one = train_probe(model, trainer.params, 1, cfg)
+    rows = denoiser_rows(model.unet, one) * bs  # also the warm-up of the backward kernels
+    flops = count_flops(one) * bs  # forward + backward of one training term, bs trajectories
+    checkpointing = cfg.train.gradient_checkpointing
+    if checkpointing:
+        model.unet.enable_gradient_checkpointing()
     probe = train_probe(model, trainer.params, bs, cfg)
-    rows = denoiser_rows(model.unet, probe)  # also the warm-up of the backward kernels
-    flops = count_flops(probe)  # forward + backward of one training term, bs trajectories
-    sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=0)
+    sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=1)
     terms = cfg.train.epochs * batch.interval * len(sel.index)  # trajectory-steps
     out = {
         "lora_rank": cfg.train.lora.rank,
         "lora_parameters": sum(p.numel() for p in trainer.params),
         "train_batch": cfg.train.batch_size,
         "train_micro_batch": bs,
+        "gradient_checkpointing": checkpointing,
         "unet_batch": rows,
         "train_flops_per_trajectory_step": flops / bs,
         "train_probe_seconds": sec_term,
@@ -103,7 +111,10 @@ def update_variants(
     adv = np.tile(np.linspace(-1.0, 1.0, K), -(-n // K))[:n]
     sel = Selection(np.arange(n), int((adv > 0).sum()), int((adv < 0).sum()), np.zeros((0, 2), int))
     plans = {
-        "preset": (min(base.train.micro_batch or base.train.batch_size, n), False),
+        "preset": (
+            min(base.train.micro_batch or base.train.batch_size, n),
+            base.train.gradient_checkpointing,
+        ),
         "largest": (n, False),
         "largest_checkpointing": (n, True),
     }

@@ -66,6 +66,8 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(
     update = out["update"]
     assert update["seconds"] > 0 and update["stats"]["optimizer_steps"] >= 1
     assert update["selected_trajectories"] == 2 * samp["trunks"]  # best + worst per trunk
+    # as the presets train: sd14_b2 without gradient checkpointing, sd35m_b2 and flux_b2 with
+    assert update["gradient_checkpointing"] == (arch != "sd15")
     assert out["update_trajectory_steps_per_second"] == update["trajectory_steps_per_second"]
     # the update again from the sampling weights: micro-batches and gradient checkpointing
     uv = out["update_variants"]
@@ -74,6 +76,7 @@ def test_tiny_cpu_run_reports_every_number_and_prints_the_table_last(
     assert list(var) == ["preset", "largest", "largest_checkpointing"]
     assert var["preset"]["micro_batch"] < var["largest"]["micro_batch"] == uv["trajectories"]
     assert var["largest_checkpointing"]["gradient_checkpointing"]
+    assert var["preset"]["gradient_checkpointing"] == update["gradient_checkpointing"]
     for v in var.values():
         assert v["seconds"] > 0 and v["stats"]["optimizer_steps"] == 1
         assert v["stats"]["onpolicy_transitions"] == uv["trajectories"] * uv["interval"]
