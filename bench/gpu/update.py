@@ -4,6 +4,7 @@ fits and at the largest with gradient checkpointing."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 
@@ -51,7 +52,12 @@ def update_part(
     if checkpointing:
         model.unet.enable_gradient_checkpointing()
     probe = train_probe(model, trainer.params, bs, cfg)
-    sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=1)
+    try:
+        sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=1)
+    except torch.cuda.OutOfMemoryError:  # keep the trainer: the searches still run
+        sec_term = None
+    if sec_term is None:  # after the except block, so the traceback's tensors are gone
+        return _out_of_memory(trainer, budget, bs), trainer, start
     terms = cfg.train.epochs * batch.interval * len(sel.index)  # trajectory-steps
     out = {
         "lora_rank": cfg.train.lora.rank,
@@ -75,7 +81,11 @@ def update_part(
     sync(dev)
     reset_peak(dev)
     t0 = time.perf_counter()
-    stats = trainer.update(batch.without_images(), adv, sel, stage=0)
+    stats = None
+    with contextlib.suppress(torch.cuda.OutOfMemoryError):
+        stats = trainer.update(batch.without_images(), adv, sel, stage=0)
+    if stats is None:  # out of memory; freed after the with block drops the traceback
+        return {**out, **_out_of_memory(trainer, budget, bs)}, trainer, start
     sync(dev)
     sec = time.perf_counter() - t0
     out.update(
@@ -89,6 +99,14 @@ def update_part(
         }
     )
     return out, trainer, start
+
+
+def _out_of_memory(trainer: PolicyTrainer, budget: Budget, micro_batch: int) -> dict:
+    """The update ran out of memory: noted, and the trainer kept for the searches."""
+    budget.errors.append(f"update: OutOfMemoryError at micro-batch {micro_batch}")
+    trainer.optimizer.zero_grad(set_to_none=True)
+    free_memory()
+    return {"error": "OutOfMemoryError", "train_micro_batch": micro_batch}
 
 
 def update_variants(

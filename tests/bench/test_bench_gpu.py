@@ -268,3 +268,21 @@ def test_transformers_are_built_in_the_run_dtype(arch):
     with torch.no_grad():
         out = model.predict(x, t, cond, uncond.expand(2, -1, -1), TINY[arch].guidance_scale)
     assert out.shape == x.shape and out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_an_update_out_of_memory_is_noted_and_the_run_goes_on(tmp_path, monkeypatch):
+    """An update that does not fit in memory (FLUX.1's on a smaller card) is an error in
+    the JSON; the parts after it still run and the table still prints."""
+    from learner.update import PolicyTrainer
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (fake)")
+
+    monkeypatch.setattr(PolicyTrainer, "update", out_of_memory)
+    assert main(["--out", str(tmp_path), "--arch", "flux", "--device", "cpu"]) == 0
+    out = json.loads((tmp_path / RESULT_FILE).read_text())
+    assert out["complete"] and out["images_per_second"]["float32"] > 0
+    assert out["update"]["error"] == "OutOfMemoryError"
+    assert out["errors"] == ["update: OutOfMemoryError at micro-batch 2"]
+    assert out["update_variants"] is None
+    assert "update: -" in table(out)
