@@ -47,7 +47,7 @@ SPLITS = ("train", "test")
 
 def run_metrics(runs: list[RunData]) -> list[str]:
     """The evaluation metrics, then every reward_<key> any run's evaluations report."""
-    from learner.evaluate import metric_names
+    from learner.evaluator import metric_names
 
     return metric_names([s for r in runs for e in r.evals for s in e["splits"].values()])
 
@@ -189,7 +189,7 @@ def plot_eval(runs: list[RunData], out: Path) -> Path:
     shown = [e["splits"]["test"] for e in choice.evals if e is not None]
     toy = bool(shown) and shown[0].get("oracle_accuracy") is not None
     key = "oracle_accuracy" if toy else "clip_score"
-    from learner.evaluate import REWARD_PREFIX, metric_names
+    from learner.evaluator import REWARD_PREFIX, metric_names
 
     panels = [key, "diversity", *(m for m in metric_names(shown) if m.startswith(REWARD_PREFIX))]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
@@ -242,8 +242,8 @@ def side_by_side(
 ) -> Path:
     """The same test prompts and noise for every run: rows are prompts, columns runs. The
     prompts: the given ones, else the first run's held-out (test) prompts. `targets`: the
-    runs' checkpoints as `learner.evaluate.resolve` gives them (default: resolved here)."""
-    from learner.evaluate import Evaluator, resolve
+    runs' checkpoints as `learner.evaluator.resolve` gives them (default: resolved here)."""
+    from learner.evaluator import Evaluator, resolve
     from learner.grid import save_grid
     from learner.prompts import load_prompts
 
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("comparison"), help="default: comparison/")
     p.add_argument("--no-images", action="store_true", help="skip the side-by-side grid")
     args = p.parse_args(argv)
-    from learner.evaluate import resolve
+    from learner.evaluator import resolve
     from learner.main import user_errors
 
     if args.out.exists() and not args.out.is_dir():

@@ -217,7 +217,9 @@ def evaluate_once(
     """learner.evaluate of both splits, stored as out_dir/<label>_all.json (where
     `learner.compare` finds it); an existing result with the same settings (images per
     prompt, seed and the prompts of both splits) is reused."""
-    from learner.evaluate import evaluate, resolve, save_result
+    from learner.eval_report import save_result
+    from learner.evaluate import evaluate
+    from learner.evaluator import resolve
     from learner.prompts import load_prompts
 
     target = resolve(ref, config, overrides)

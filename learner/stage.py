@@ -109,7 +109,7 @@ class StageRecord:
     seconds: dict[str, float]  # by phase: weight_sync, rollout, reward, select, update[, grid]
     grid_prompts: list[str] = field(default_factory=list)
     grid_images: torch.Tensor | None = None  # uint8 [len(grid_prompts), 3, H, W]
-    learner_rebuilds: int = 0  # learner groups rebuilt to finish the stage (learner.run)
+    learner_rebuilds: int = 0  # learner groups rebuilt to finish the stage (learner.stage_loop)
     batch: TrajectoryBatch | None = None  # in-process only: every row, images included
 
     @property

@@ -12,11 +12,11 @@ activations in the backward pass, and `model.autocast` (`diffusion.pipeline.set_
 runs the UNet in half precision, with torch's GradScaler for fp16; the LoRA and its
 optimizer state stay float32.
 With `train.ema` the trainer also keeps a moving average of the LoRA (`learner.ema`).
+The log-probs and KL terms come from the policy it extends (`learner.policy`), the
+update's records (what its terms share, running sums, statistics) from `learner.update_parts`.
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import torch
@@ -29,17 +29,16 @@ from diffusion.trajectory import TrajectoryBatch
 from learner import losses, onpolicy
 from learner.distributed import Collective, mean_share, shard
 from learner.ema import LoraAverage
+from learner.policy import Policy
 from learner.selection import Selection
 from learner.update_parts import Tally, UpdateStats, Work
 
 
-class PolicyTrainer:
+class PolicyTrainer(Policy):
     """Holds the trainable LoRA and its optimizer. Plain torch: the Ray learner wraps it."""
 
     def __init__(self, model: DiffusionModel, cfg: Config, group: Collective | None = None):
-        self.model = model
-        self.cfg = cfg
-        self.group = group or Collective()
+        super().__init__(model, cfg, group)
         attach_lora(model.unet, cfg.train.lora, seed=cfg.seed)
         self.params = lora_parameters(model.unet)
         for p in self.params:
@@ -73,135 +72,6 @@ class PolicyTrainer:
         from the current LoRA. With train.ema off it is ignored."""
         if self.ema is not None:
             self.ema.load(state, source)
-
-    # -- forward -------------------------------------------------------------------------
-    def _forward(
-        self,
-        batch: TrajectoryBatch,
-        rows: torch.Tensor,
-        steps: torch.Tensor,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        with_kl: bool = False,
-        base_mean: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(log pi_theta, KL from the pretrained model) of transitions (rows[i], steps[i]);
-        the KL only `with_kl`, from `base_mean` (the pretrained model's step means of these
-        transitions, `_base_means`) or else from a base-model forward here."""
-        m = self.model
-        x = batch.chain[rows, steps].to(m.device, m.dtype)
-        x_next = batch.chain[rows, steps + 1].to(m.device, m.dtype)
-        t = batch.timesteps[steps]
-        args = (x, t.to(m.device), cond, uncond.expand(len(rows), -1, -1))
-        eps = m.predict(*args, self.cfg.sampling.guidance_scale)
-        _, lp = m.step(eps, t, x, self.cfg.sampling.eta, prev_sample=x_next)
-        if not with_kl:
-            return lp.float(), None
-        if base_mean is None:
-            base_mean = self._base_mean(x, t, cond, uncond)
-        # both policies are Gaussians with the step's std, so per dimension KL = (mean gap)^2
-        # / (2 std^2), averaged over dimensions as the log-prob is; the means are the
-        # scheduler's (any prediction type), and the std is read off the log-density at the
-        # policy's own mean, -log(std) - log(sqrt(2 pi))
-        eta = self.cfg.sampling.eta
-        mean, at_own = m.step(eps, t, x, eta, noise=torch.zeros_like(x))
-        var = torch.exp(-2.0 * (at_own.detach().double() + 0.5 * math.log(2 * math.pi)))
-        gap = (mean.float() - base_mean.to(mean.device).float()).pow(2)
-        return lp.float(), gap.mean(dim=tuple(range(1, x.ndim))) / (2.0 * var.float())
-
-    @torch.no_grad()
-    def _base_mean(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
-    ) -> torch.Tensor:
-        """The pretrained model's (the UNet with its LoRA off) step means from latents `x`
-        at timesteps `t`: what the KL penalty measures the policy's means against."""
-        m = self.model
-        m.unet.disable_adapters()
-        try:
-            args = (x, t.to(m.device), cond, uncond.expand(len(x), -1, -1))
-            base = m.predict(*args, self.cfg.sampling.guidance_scale)
-        finally:
-            m.unet.enable_adapters()
-        eta, zero = self.cfg.sampling.eta, torch.zeros_like(x)
-        return m.step(base, t, x, eta, noise=zero)[0]
-
-    def _base_means(
-        self,
-        batch: TrajectoryBatch,
-        rows: np.ndarray,
-        emb: dict[str, torch.Tensor],
-        uncond: torch.Tensor,
-    ) -> torch.Tensor:
-        """`_base_mean` of every interval transition of `rows` [len(rows), s, ...], once
-        per stage: the LoRA is off, so they do not change over the update's epochs. Kept
-        on the CPU in float32 (at SD-1.4 scale, 512 selected trajectories x 20 steps of
-        4x64x64 latents: 0.7 GB)."""
-        rows_t = torch.as_tensor(rows)
-        out = torch.empty((len(rows), batch.interval, *batch.chain.shape[2:]))
-        bs = self._micro_batch()
-        for lo in range(0, len(rows), bs):
-            sub = rows_t[lo : lo + bs]
-            cond = torch.stack([emb[batch.prompts[r]] for r in sub.tolist()])
-            for j in range(batch.interval):
-                x = batch.chain[sub, j].to(self.model.device, self.model.dtype)
-                t = batch.timesteps[torch.full_like(sub, j)]
-                out[lo : lo + len(sub), j] = self._base_mean(x, t, cond, uncond).cpu()
-        return out
-
-    def _micro_batch(self) -> int:
-        return self.cfg.train.micro_batch or self.cfg.train.batch_size
-
-    def _set_checkpointing(self) -> None:
-        unet = self.model.unet
-        if self.cfg.train.gradient_checkpointing != unet.is_gradient_checkpointing:
-            if self.cfg.train.gradient_checkpointing:
-                unet.enable_gradient_checkpointing()
-            else:
-                unet.disable_gradient_checkpointing()
-
-    def _step_index(self, timesteps: torch.Tensor) -> list[int]:
-        index = {int(t): i for i, t in enumerate(self.model.scheduler.timesteps.tolist())}
-        return [index[int(t)] for t in timesteps.tolist()]
-
-    def _embeddings(self, batch: TrajectoryBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        unique = list(dict.fromkeys(batch.prompts))
-        enc = self.model.encode_prompts(unique)
-        return {p: enc[i] for i, p in enumerate(unique)}, self.model.encode_prompts([""])
-
-    def _plan(self, n_units: int, s: int, stage: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, stage, epoch, 0x5EED))
-        order = rng.permutation(n_units)
-        if self.cfg.train.shuffle_timesteps:
-            steps = (
-                np.stack([rng.permutation(s) for _ in range(n_units)])
-                if n_units
-                else np.zeros((0, s), int)
-            )
-        else:
-            steps = np.tile(np.arange(s), (n_units, 1))
-        return order, steps
-
-    @torch.no_grad()
-    def log_probs(self, batch: TrajectoryBatch) -> torch.Tensor:
-        """log pi_theta of every interval transition [N, s], batched as `update` batches them."""
-        self.model.scheduler.set_timesteps(self.cfg.sampling.num_steps, device="cpu")
-        emb, uncond = self._embeddings(batch)
-        out = torch.zeros(len(batch), batch.interval)
-        bs = self._micro_batch()
-        for lo in range(0, len(batch), bs):
-            rows = torch.arange(lo, min(lo + bs, len(batch)))
-            cond = torch.stack([emb[batch.prompts[r]] for r in rows.tolist()])
-            for j in range(batch.interval):
-                steps = torch.full_like(rows, j)
-                out[rows, j] = self._forward(batch, rows, steps, cond, uncond)[0].cpu()
-        return out
-
-    def step_weights(self, timesteps: torch.Tensor) -> torch.Tensor:
-        """The loss weight of each given timestep (loss.step_weight; scheduler timesteps set)."""
-        if self.cfg.loss.step_weight == "none":
-            return torch.ones(len(timesteps))
-        w = self.model.noise_step_weights(self.cfg.sampling.eta)
-        return w[self._step_index(timesteps)]
 
     # -- update --------------------------------------------------------------------------
     def update(
@@ -265,9 +135,17 @@ class PolicyTrainer:
         if cfg.loss.kl_coef > 0:
             kl_rows = np.unique(units)
             work.kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
-            work.base_means = self._shared_base_means(batch, kl_rows, emb, uncond)
+            work.base_means = self._base_means(batch, kl_rows, emb, uncond)
             stats.update_unet_evaluations += len(kl_rows) * s * work.guided  # all ranks' shares
         return work
+
+    def _set_checkpointing(self) -> None:
+        unet = self.model.unet
+        if self.cfg.train.gradient_checkpointing != unet.is_gradient_checkpointing:
+            if self.cfg.train.gradient_checkpointing:
+                unet.enable_gradient_checkpointing()
+            else:
+                unet.disable_gradient_checkpointing()
 
     def _plan_batches(self, work: Work, stage: int, epoch: int):
         """The epoch's optimizer batches: (units in shuffled order, every unit's shuffled
@@ -278,6 +156,19 @@ class PolicyTrainer:
         batches = [order[i : i + bs] for i in range(0, len(order), bs)]
         for b, unit_idx in enumerate(batches):
             yield unit_idx, step_plan, (b + 1) % accum == 0 or b == len(batches) - 1
+
+    def _plan(self, n_units: int, s: int, stage: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, stage, epoch, 0x5EED))
+        order = rng.permutation(n_units)
+        if self.cfg.train.shuffle_timesteps:
+            steps = (
+                np.stack([rng.permutation(s) for _ in range(n_units)])
+                if n_units
+                else np.zeros((0, s), int)
+            )
+        else:
+            steps = np.tile(np.arange(s), (n_units, 1))
+        return order, steps
 
     def _accumulate(
         self,
@@ -311,6 +202,11 @@ class PolicyTrainer:
                 (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
                 tally.add(loss, diag, share)
         tally.terms += s
+
+    def _pieces(self, mine: np.ndarray) -> list[np.ndarray]:
+        """A rank's shard of a batch as micro-batches of at most train.micro_batch units."""
+        mb = self.cfg.train.micro_batch or max(1, len(mine))
+        return [mine[i : i + mb] for i in range(0, len(mine), mb)]
 
     def _term(self, work: Work, unit_rows: torch.Tensor, steps: torch.Tensor, tally: Tally):
         """One interval step of some units: the loss, its diagnostics, the (new, old)
@@ -354,11 +250,6 @@ class PolicyTrainer:
         (step_kl,) = self.group.sum([step_kl])
         return step_kl / step_terms > target
 
-    def _pieces(self, mine: np.ndarray) -> list[np.ndarray]:
-        """A rank's shard of a batch as micro-batches of at most train.micro_batch units."""
-        mb = self.cfg.train.micro_batch or max(1, len(mine))
-        return [mine[i : i + mb] for i in range(0, len(mine), mb)]
-
     def _optimizer_step(self, grad_norms: list[float]) -> bool:
         """All-reduce, clip and apply the summed gradient; False when fp16 loss scaling
         found an overflow and skipped the step (the scale is lowered for the next one)."""
@@ -379,21 +270,3 @@ class PolicyTrainer:
                 grad_norms.append(float(norm))
         self.optimizer.zero_grad(set_to_none=True)
         return stepped
-
-    def _shared_base_means(
-        self,
-        batch: TrajectoryBatch,
-        rows: np.ndarray,
-        emb: dict[str, torch.Tensor],
-        uncond: torch.Tensor,
-    ) -> torch.Tensor:
-        """`_base_means` of `rows`, each rank computing its shard and the ranks summing the
-        zero-padded results (x + 0 is exact, so every rank holds the owners' values)."""
-        group = self.group
-        if group.size == 1:
-            return self._base_means(batch, rows, emb, uncond)
-        mine = shard(np.full(len(rows), batch.interval), group.size)[group.rank]
-        out = torch.zeros((len(rows), batch.interval, *batch.chain.shape[2:]))
-        if len(mine):
-            out[mine] = self._base_means(batch, rows[mine], emb, uncond)
-        return group.sum_tensor(out)

@@ -13,7 +13,7 @@ import torch
 from configs.load import dump_config
 from learner import checkpoint
 from learner.advantages import Advantages
-from learner.evaluate import resolve
+from learner.evaluator import resolve
 from learner.groups import InProcessLearner
 from learner.learner_worker import EMA_VERSION, LearnerWorker
 from learner.stage import run_in_process

@@ -120,7 +120,7 @@ def test_server_down_then_back_loses_nothing(mlflow_env, tmp_path, capsys):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     tracker = _log_while_down(tmp_path, uri, capsys)
-    # what learner.run wrote as the run started, MLflow down: no run to resume into yet
+    # what learner.stage_loop wrote as the run started, MLflow down: no run to resume into yet
     (tmp_path / "run.json").write_text(json.dumps({"run_name": "r", "mlflow_run_id": None}))
     store = tmp_path / "server"
     store.mkdir()

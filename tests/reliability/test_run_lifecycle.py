@@ -17,7 +17,7 @@ import yaml
 
 from configs.load import dump_config, load_config
 from diffusion.lora import attach_lora, lora_state
-from learner import checkpoint, outputs, resume, run
+from learner import checkpoint, outputs, resume, run, stage_loop
 from learner.checkpoint import LearnerState, TrainingDiverged
 from learner.main import main
 from learner.outputs import OutputError
@@ -167,13 +167,13 @@ def test_forced_resume_keeps_the_config_it_trained_with(finished):
 def test_non_finite_loss_or_lora_stops_the_run(finished, base, tmp_path):
     cfg = load_config(_write(tmp_path, base))
     last = checkpoint.latest(finished)
-    run._check_finite(cfg, finished, 2, {"loss": 0.1}, checkpoint.load(last))  # goes on
+    stage_loop.check_finite(cfg, finished, 2, {"loss": 0.1}, checkpoint.load(last))  # goes on
     for loss, poison in ((float("nan"), False), (0.1, True), (float("inf"), False)):
         state = checkpoint.load(last)
         if poison:
             state.lora[next(iter(state.lora))][0, 0] = float("nan")
         with pytest.raises(TrainingDiverged) as info:
-            run._check_finite(cfg, finished, 2, {"loss": loss}, state)
+            stage_loop.check_finite(cfg, finished, 2, {"loss": loss}, state)
         msg = str(info.value)
         assert "\n" not in msg and msg.startswith("stage 3: training diverged")
         assert "the LoRA holds non-finite values" in msg if poison else f"loss is {loss}" in msg
@@ -181,7 +181,7 @@ def test_non_finite_loss_or_lora_stops_the_run(finished, base, tmp_path):
         assert "train.lr" in msg
     fp16 = cfg.model_copy(update={"model": cfg.model.model_copy(update={"autocast": "fp16"})})
     good = checkpoint.load(checkpoint.latest(finished))
-    run._check_finite(fp16, finished, 2, {"loss": float("inf")}, good)  # the scaler skips it
+    stage_loop.check_finite(fp16, finished, 2, {"loss": float("inf")}, good)  # the scaler skips it
 
 
 # Finding 5: the summary of a resume says what the run has done
