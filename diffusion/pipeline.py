@@ -169,7 +169,7 @@ class DiffusionModel:
 
     def passes(self, guidance_scale: float) -> int:
         """Latents through the denoiser per latent and step at this guidance scale."""
-        return self.family.passes(self, guidance_scale)
+        return self.family.passes(self.unet.config, guidance_scale)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from configs.load import resolve_path
 from configs.schema import Config
 
 BUDGETS = ("images", "unet", "seconds")
@@ -28,17 +29,18 @@ BUDGETS = ("images", "unet", "seconds")
 
 def predicted_unet(cfg: Config) -> list[int]:
     """UNet evaluations of each of cfg's stages (sampling exact, update at its most)."""
+    from diffusion.families import denoiser_passes
     from diffusion.sampler import expected_evaluations
     from learner.stage import sampler_settings
 
     s = cfg.sampling
-    guided = 1 if s.guidance_scale == 1.0 else 2
+    guided = denoiser_passes(resolve_path(cfg.model.pretrained), s.guidance_scale)
     rows = s.trunks_per_stage * s.branches
     per_row = cfg.train.epochs * 2 + (1 if cfg.loss.kl_coef > 0 else 0)  # fwd + bwd a epoch
     out = []
     for stage in range(cfg.stages):
         settings = sampler_settings(cfg, stage)
-        sampling = expected_evaluations(settings, s.trunks_per_stage)
+        sampling = expected_evaluations(settings, s.trunks_per_stage, guided)
         out.append(sampling + rows * settings.split_step * guided * per_row)
     return out
 

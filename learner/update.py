@@ -130,7 +130,7 @@ class PolicyTrainer(Policy):
             step_weights=self.step_weights(batch.timesteps),
             # per interval step: whether the KL penalty covers it (loss.kl_from_step)
             kl_on=torch.as_tensor(self._step_index(batch.timesteps)) >= cfg.loss.kl_from_step,
-            guided=1 if cfg.sampling.guidance_scale == 1.0 else 2,
+            guided=self.model.passes(cfg.sampling.guidance_scale),
         )
         if cfg.loss.kl_coef > 0:
             kl_rows = np.unique(units)

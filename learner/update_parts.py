@@ -52,7 +52,7 @@ class Work:
     uncond: torch.Tensor
     step_weights: torch.Tensor  # [s] loss weight of each interval step
     kl_on: torch.Tensor  # [s] whether the KL penalty covers each interval step
-    guided: int  # latents a UNet evaluation costs: 2 with classifier-free guidance
+    guided: int  # denoiser passes per latent and step (DiffusionModel.passes)
     base_means: torch.Tensor | None = None  # the pretrained model's step means (KL penalty)
     kl_pos: dict[int, int] | None = None  # row -> its index in base_means
 

@@ -38,6 +38,7 @@ __all__ = [
     "SDFamily",
     "SDXLFamily",
     "UnsupportedFamily",
+    "denoiser_passes",
     "family_for_class",
     "family_of_dir",
     "family_of_lora",
@@ -67,6 +68,22 @@ def family_of_dir(path: str | Path) -> Family:
     except (OSError, ValueError, AttributeError) as exc:
         raise UnsupportedFamily(f"{index}: unreadable ({type(exc).__name__})") from None
     return family_for_class(str(class_name), str(index))
+
+
+def denoiser_passes(path: str | Path, guidance_scale: float) -> int:
+    """Denoiser passes per latent and step (`Family.passes`) of the pipeline folder at
+    `path`, read from its model_index.json and its denoiser's config.json without loading
+    weights; a path that is no local folder (a hub id) counts as classifier-free guidance."""
+    path = Path(path)
+    if not (path / "model_index.json").is_file():
+        return SDFamily().passes({}, guidance_scale)
+    family = family_of_dir(path)
+    config = path / family.denoiser / "config.json"
+    try:
+        denoiser = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UnsupportedFamily(f"{config}: unreadable") from None
+    return family.passes(denoiser, guidance_scale)
 
 
 def family_of_lora(state: dict[str, torch.Tensor]) -> Family:

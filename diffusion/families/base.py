@@ -73,7 +73,7 @@ class Family:
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (model.unet.config.in_channels, *size)
 
-    def passes(self, model, guidance_scale: float) -> int:
-        """Latents through the denoiser per latent and step: two with classifier-free
-        guidance (the unconditional and the conditional), else one."""
+    def passes(self, denoiser_config, guidance_scale: float) -> int:
+        """Latents through the denoiser per latent and step, given its config: two with
+        classifier-free guidance (the unconditional and the conditional), else one."""
         return 1 if guidance_scale == 1.0 else 2

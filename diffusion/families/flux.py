@@ -123,10 +123,10 @@ class FluxFamily(FlowFamily):
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (model.unet.config.in_channels // 4, *size)
 
-    def passes(self, model, guidance_scale: float) -> int:
-        if model.unet.config.guidance_embeds:
+    def passes(self, denoiser_config, guidance_scale: float) -> int:
+        if denoiser_config.get("guidance_embeds"):
             return 1
-        return super().passes(model, guidance_scale)
+        return super().passes(denoiser_config, guidance_scale)
 
     def encode(self, model, prompts: list[str]) -> torch.Tensor:
         dev = model.device

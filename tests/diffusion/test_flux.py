@@ -12,6 +12,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift as stock_shif
 
 from configs.load import PRESET_DIR, load_config
 from configs.schema import ModelConfig
+from diffusion.families import denoiser_passes
 from diffusion.families.flux import FluxScheduler, calculate_shift, pack, unpack
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
 from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
@@ -64,6 +65,7 @@ def test_project_sampling_equals_the_stock_pipeline(tiny_flux, tiny_flux_dir):
     assert m.family.name == "flux" and m.latent_shape == (16, 16, 16)
     assert m.scheduler.model is m  # a deep copy's schedule follows the copy
     assert m.passes(3.5) == 1  # guidance-distilled: no unconditional pass
+    assert denoiser_passes(tiny_flux_dir, 3.5) == 1
     stock = _stock(tiny_flux_dir)
     theirs = _stock_latents(stock, generator=torch.Generator().manual_seed(0))
 
@@ -96,6 +98,8 @@ def test_without_guidance_embedding_guidance_is_cfg_against_the_empty_prompt(tmp
     tiny_flux_pipeline(seed=1, guidance_embeds=False).save_pretrained(path)
     m = load_model(ModelConfig(pretrained=path), CPU)
     assert (m.passes(1.0), m.passes(3.5)) == (1, 2)
+    # read from the folder without loading it, as learner.budget counts
+    assert (denoiser_passes(path, 3.5), denoiser_passes(path, 1.0)) == (2, 1)
     counter = UNetCounter()
     ours = sample_branches(m, [PROMPT], [0], PLAIN, seed=5, stage=0, counter=counter)
     assert counter.evaluations == expected_evaluations(PLAIN, 1) == 6
