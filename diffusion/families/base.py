@@ -1,8 +1,10 @@
 """What every model family shares: the one-line error, tokenising, classifier-free guidance,
-packing the conditioning rows, and the defaults a family overrides."""
+packing the conditioning rows, and the interface `Family` with the defaults a family
+overrides."""
 
 from __future__ import annotations
 
+import diffusers
 import torch
 import torch.nn.functional as F
 
@@ -54,14 +56,19 @@ def with_pooled_row(states: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
 
 
 class Family:
-    """The interface `DiffusionModel` calls, with the defaults most families keep."""
+    """The interface `DiffusionModel` calls, with the defaults most families keep. `model`
+    is always the `DiffusionModel`; its denoiser is `model.unet` whatever its architecture."""
 
     name: str
-    pipeline_classes: tuple[str, ...]
-    denoiser: str
+    pipeline_classes: tuple[str, ...]  # the first is the one that saves the family's LoRA
+    denoiser: str  # the pipeline's attribute: "unet" or "transformer"
     components: tuple[str, ...]
     optional: tuple[str, ...] = ()  # components a folder may leave out
     lora_targets: tuple[str, ...]
+
+    def scheduler(self, config):
+        """The policy scheduler, built from the pipeline's scheduler config."""
+        raise NotImplementedError
 
     def bind(self, model) -> None:
         """Links a family needs between the model's parts, made once the model exists."""
@@ -77,3 +84,34 @@ class Family:
         """Latents through the denoiser per latent and step, given its config: two with
         classifier-free guidance (the unconditional and the conditional), else one."""
         return 1 if guidance_scale == 1.0 else 2
+
+    def encode(self, model, prompts: list[str]) -> torch.Tensor:
+        """The conditioning [N, L, D] of the prompts, one tensor (layout: the family's)."""
+        raise NotImplementedError
+
+    def predict(self, model, latents, timesteps, cond, uncond, guidance_scale) -> torch.Tensor:
+        """The guided denoiser output for `latents` at the integer `timesteps`."""
+        raise NotImplementedError
+
+    def step(
+        self, model, output, timestep, sample, eta, noise=None, prev_sample=None, recorded=True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One policy step: (next latent, its log-prob [N] or None when not recorded)."""
+        raise NotImplementedError
+
+    def noise_step_weights(self, scheduler, eta: float) -> torch.Tensor:
+        """loss.step_weight=noise: the weight of every inference step of `scheduler`."""
+        raise NotImplementedError
+
+    def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
+        """Write the denoiser's LoRA `layers` and its PEFT `metadata` as the diffusers file
+        `out_dir`/`name` that the family's stock pipeline loads."""
+        raise NotImplementedError
+
+    def owns_lora_key(self, key: str) -> bool:
+        """Whether a LoRA tensor name belongs to this family's denoiser."""
+        raise NotImplementedError
+
+    def pipeline_class(self) -> type:
+        """The diffusers pipeline class that saves this family's LoRA files."""
+        return getattr(diffusers, self.pipeline_classes[0])

@@ -40,17 +40,17 @@ from diffusion.flow import model_timesteps
 FLUX_T5_LENGTH = 512
 
 
-def pack(latents: torch.Tensor) -> torch.Tensor:
+def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     """[N, C, H, W] -> [N, H/2 * W/2, 4C]: 2x2 patches in row-major order."""
     n, c, h, w = latents.shape
     x = latents.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
     return x.reshape(n, (h // 2) * (w // 2), c * 4)
 
 
-def unpack(tokens_: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """The inverse of `pack` for latents of height x width."""
-    n, _, d = tokens_.shape
-    x = tokens_.reshape(n, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
+def unpack_latents(packed: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The inverse of `pack_latents` for latents of height x width."""
+    n, _, d = packed.shape
+    x = packed.reshape(n, height // 2, width // 2, d // 4, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return x.reshape(n, d // 4, height, width)
 
 
@@ -108,9 +108,7 @@ class FluxFamily(FlowFamily):
         "text_encoder_2",
         "tokenizer_2",
     )
-
-    def scheduler(self, config) -> FluxScheduler:
-        return self.check_scheduler(FluxScheduler.from_config(config))
+    scheduler_class = FluxScheduler
 
     def bind(self, model) -> None:
         model.scheduler.model = model
@@ -136,12 +134,6 @@ class FluxFamily(FlowFamily):
         states = model.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         return with_pooled_row(states, pooled.to(states)).to(model.dtype)
 
-    @staticmethod
-    def unpack(model, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(T5 states [N, L, J], pooled [N, P]) from the packed conditioning."""
-        cfg = model.unet.config
-        return cond[:, :-1, : cfg.joint_attention_dim], cond[:, -1, : cfg.pooled_projection_dim]
-
     def predict(self, model, latents, timesteps, cond, uncond, guidance_scale) -> torch.Tensor:
         t = model_timesteps(model.scheduler, timesteps.cpu(), latents.shape[0])
         t = t.to(latents.device)
@@ -155,7 +147,7 @@ class FluxFamily(FlowFamily):
             if distilled:
                 guidance = torch.full((x.shape[0],), guidance_scale, device=x.device)
             out = model.unet(
-                hidden_states=pack(x),
+                hidden_states=pack_latents(x),
                 timestep=ts.to(x.dtype) / 1000,
                 guidance=guidance,
                 pooled_projections=pooled,
@@ -164,22 +156,11 @@ class FluxFamily(FlowFamily):
                 img_ids=img_ids,
                 return_dict=False,
             )[0]
-            return unpack(out, h, w)
+            return unpack_latents(out, h, w)
 
         if distilled:
             return call(latents, t, cond)
         return cfg_call(call, latents, t, cond, uncond, guidance_scale)
-
-    def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
-        from diffusers import FluxPipeline
-
-        FluxPipeline.save_lora_weights(
-            save_directory=str(out_dir),
-            transformer_lora_layers=layers,
-            safe_serialization=True,
-            weight_name=name,
-            transformer_lora_adapter_metadata=metadata,
-        )
 
     def owns_lora_key(self, key: str) -> bool:
         return key.startswith(("transformer_blocks.", "single_transformer_blocks."))

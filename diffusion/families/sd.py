@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import DDIMScheduler
+from diffusers.utils import convert_state_dict_to_diffusers
 
 from diffusion import ddim
 from diffusion.ddim import ddim_step_with_logprob
@@ -53,10 +54,7 @@ class SDFamily(Family):
         return ddim.noise_step_weights(scheduler, eta)
 
     def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
-        from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-
-        StableDiffusionPipeline.save_lora_weights(
+        self.pipeline_class().save_lora_weights(
             save_directory=str(out_dir),
             unet_lora_layers=convert_state_dict_to_diffusers(layers),
             safe_serialization=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler
 
 from diffusion.families.base import cfg_call, t5_length, tokens, with_pooled_row
 from diffusion.families.flowmatch import FlowFamily
@@ -39,9 +38,6 @@ class SD3Family(FlowFamily):
     # SD3's pipeline calls set_timesteps without `mu`
     refused = (*FlowFamily.refused, "use_dynamic_shifting")
 
-    def scheduler(self, config) -> FlowMatchEulerDiscreteScheduler:
-        return self.check_scheduler(FlowMatchEulerDiscreteScheduler.from_config(config))
-
     def encode(self, model, prompts: list[str]) -> torch.Tensor:
         n, dev = len(prompts), model.device
         length = model.tokenizer.model_max_length  # SD3 pads both CLIPs to the first's length
@@ -63,12 +59,6 @@ class SD3Family(FlowFamily):
         joint = torch.cat([F.pad(clip, (0, t5.shape[-1] - clip.shape[-1])), t5.to(clip)], dim=1)
         return with_pooled_row(joint, torch.cat(pooled, dim=-1)).to(model.dtype)
 
-    @staticmethod
-    def unpack(model, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(prompt embeddings [N, L, J], pooled [N, P]) from the packed conditioning."""
-        cfg = model.unet.config
-        return cond[:, :-1, : cfg.joint_attention_dim], cond[:, -1, : cfg.pooled_projection_dim]
-
     def predict(self, model, latents, timesteps, cond, uncond, guidance_scale) -> torch.Tensor:
         t = model_timesteps(model.scheduler, timesteps.cpu(), latents.shape[0])
         t = t.to(latents.device)
@@ -84,17 +74,6 @@ class SD3Family(FlowFamily):
             )[0]
 
         return cfg_call(call, latents, t, cond, uncond, guidance_scale)
-
-    def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
-        from diffusers import StableDiffusion3Pipeline
-
-        StableDiffusion3Pipeline.save_lora_weights(
-            save_directory=str(out_dir),
-            transformer_lora_layers=layers,
-            safe_serialization=True,
-            weight_name=name,
-            transformer_lora_adapter_metadata=metadata,
-        )
 
     def owns_lora_key(self, key: str) -> bool:
         return key.startswith("transformer_blocks.")

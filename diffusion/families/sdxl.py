@@ -64,15 +64,3 @@ class SDXLFamily(SDFamily):
             return model.unet(x, t, encoder_hidden_states=emb, added_cond_kwargs=extra).sample
 
         return cfg_call(call, latents, timesteps, cond, uncond, guidance_scale)
-
-    def save_lora(self, layers: dict[str, torch.Tensor], metadata: dict, out_dir, name) -> None:
-        from diffusers import StableDiffusionXLPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-
-        StableDiffusionXLPipeline.save_lora_weights(
-            save_directory=str(out_dir),
-            unet_lora_layers=convert_state_dict_to_diffusers(layers),
-            safe_serialization=True,
-            weight_name=name,
-            unet_lora_adapter_metadata=metadata,
-        )

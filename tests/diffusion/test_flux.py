@@ -13,7 +13,7 @@ from diffusers.pipelines.flux.pipeline_flux import calculate_shift as stock_shif
 from configs.load import PRESET_DIR, load_config
 from configs.schema import ModelConfig
 from diffusion.families import denoiser_passes
-from diffusion.families.flux import FluxScheduler, calculate_shift, pack, unpack
+from diffusion.families.flux import FluxScheduler, calculate_shift, pack_latents, unpack_latents
 from diffusion.lora import attach_lora, export_lora, load_lora_state, lora_state
 from diffusion.pipeline import PipelineLoadError, from_pipeline, load_model
 from diffusion.sampler import SamplerSettings, UNetCounter, expected_evaluations, sample_branches
@@ -36,14 +36,14 @@ def _stock_latents(stock: FluxPipeline, **call) -> torch.Tensor:
     """FluxPipeline's final latents for PROMPT at 32 px, unpacked to [N, 16, 16, 16]."""
     args = dict(num_inference_steps=3, guidance_scale=3.5, height=32, width=32)
     packed = stock(PROMPT, output_type="latent", **args, **call).images
-    return unpack(packed, 16, 16)
+    return unpack_latents(packed, 16, 16)
 
 
 def test_packing_and_the_shift_are_fluxpipelines():
     x = torch.randn(2, 16, 8, 12)
-    packed = pack(x)
+    packed = pack_latents(x)
     assert torch.equal(packed, FluxPipeline._pack_latents(x, 2, 16, 8, 12))
-    assert torch.equal(unpack(packed, 8, 12), x)
+    assert torch.equal(unpack_latents(packed, 8, 12), x)
     cfg = FluxScheduler().config
     for n in (64, 256, 1024, 4096):
         assert calculate_shift(cfg, n) == pytest.approx(stock_shift(n), abs=1e-12)
@@ -82,7 +82,7 @@ def test_project_sampling_equals_the_stock_pipeline(tiny_flux, tiny_flux_dir):
 
     # the sampler at noise level 0, every step recorded, against FluxPipeline from its x_T
     batch = sample_branches(m, [PROMPT], [0], PLAIN, seed=5, stage=0)
-    theirs = _stock_latents(stock, latents=pack(batch.chain[:, 0]))
+    theirs = _stock_latents(stock, latents=pack_latents(batch.chain[:, 0]))
     assert (batch.chain[:, -1] - theirs).abs().max() <= 1e-5
     vae = stock.vae.config
     with torch.no_grad():
@@ -105,7 +105,7 @@ def test_without_guidance_embedding_guidance_is_cfg_against_the_empty_prompt(tmp
     assert counter.evaluations == expected_evaluations(PLAIN, 1) == 6
     # FluxPipeline's true CFG with the empty negative prompt (its guidance_scale unused)
     cfg = dict(negative_prompt="", true_cfg_scale=3.5)
-    theirs = _stock_latents(_stock(path), latents=pack(ours.chain[:, 0]), **cfg)
+    theirs = _stock_latents(_stock(path), latents=pack_latents(ours.chain[:, 0]), **cfg)
     assert (ours.chain[:, -1] - theirs).abs().max() <= 1e-5
 
 
@@ -168,7 +168,7 @@ def test_lora_export_loads_in_the_stock_flux_pipeline(tiny_flux, tiny_flux_dir, 
     stock = _stock(tiny_flux_dir)
     stock.load_lora_weights(str(tmp_path / "lora"), weight_name=path.name)
     ours = sample_branches(tiny_flux, [PROMPT], [0], PLAIN, seed=5, stage=0)
-    theirs = _stock_latents(stock, latents=pack(ours.chain[:, 0]))
+    theirs = _stock_latents(stock, latents=pack_latents(ours.chain[:, 0]))
     assert (ours.chain[:, -1] - theirs).abs().max() <= 1e-5
     fresh = from_pipeline(stock, CPU, torch.float32)  # the stock LoRA in the project's sampler
     again = sample_branches(fresh, [PROMPT], [0], PLAIN, seed=5, stage=0)
