@@ -111,18 +111,7 @@ def tiny_pipeline(
     """A random Stable Diffusion pipeline: VAE with one 2x downsampling (latents image/2,
     4 channels), cross-attention only at the lowest-resolution UNet levels."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=image_size,
-        mid_block_add_attention=False,
-    )
+    vae = tiny_vae(image_size, latent_channels=4)
     n = len(unet_channels)
     unet = UNet2DConditionModel(
         sample_size=image_size // 2,
@@ -136,16 +125,7 @@ def tiny_pipeline(
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=text_width,
-            intermediate_size=text_width * 2,
-            num_hidden_layers=text_layers,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_config(text_width, max_length, text_layers))
     scheduler = sd_scheduler(prediction_type)
     return StableDiffusionPipeline(
         vae=vae,
@@ -215,6 +195,39 @@ def tiny_vae(image_size: int, **family) -> AutoencoderKL:
     )
 
 
+def tiny_vae16(image_size: int, scaling_factor: float, shift_factor: float) -> AutoencoderKL:
+    """`tiny_vae` with the 16 latent channels of SD3 and FLUX.1 and no quant convs."""
+    return tiny_vae(
+        image_size,
+        latent_channels=16,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+
+def tiny_clip_config(width: int, max_length: int, layers: int = 2, **extra) -> CLIPTextConfig:
+    """A small CLIP text encoder's config on CLIP's vocabulary: 4 heads, the feed-forward
+    twice the width (`extra`: more CLIPTextConfig arguments, e.g. projection_dim)."""
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=width,
+        intermediate_size=width * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=max_length,
+        **extra,
+    )
+
+
+def tiny_t5(width: int, ffn: int) -> T5EncoderModel:
+    """A one-layer T5 encoder `width` wide over the 64 ids of `tiny_t5_tokenizer`."""
+    return T5EncoderModel(
+        T5Config(vocab_size=64, d_model=width, d_kv=8, d_ff=ffn, num_layers=1, num_heads=4)
+    )
+
+
 def tiny_sd3_pipeline(
     image_size: int = 32,
     width: int = 32,
@@ -230,14 +243,7 @@ def tiny_sd3_pipeline(
     their pooled outputs the pooled projection) and, with `t5`, a one-layer T5 encoder of
     the joint attention width (else none, as diffusers allows)."""
     torch.manual_seed(seed)
-    vae = tiny_vae(
-        image_size,
-        latent_channels=16,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_vae16(image_size, scaling_factor=1.5305, shift_factor=0.0609)
     heads = 4
     transformer = SD3Transformer2DModel(
         sample_size=image_size // 2,
@@ -254,30 +260,13 @@ def tiny_sd3_pipeline(
     )
     encoders = [
         CLIPTextModelWithProjection(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=text_width,
-                intermediate_size=text_width * 2,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=max_length,
-                projection_dim=text_width,
-            )
+            tiny_clip_config(text_width, max_length, projection_dim=text_width)
         )
         for _ in range(2)
     ]
     text_encoder_3 = tokenizer_3 = None
     if t5:
-        text_encoder_3 = T5EncoderModel(
-            T5Config(
-                vocab_size=64,
-                d_model=2 * text_width,
-                d_kv=8,
-                d_ff=2 * text_width,
-                num_layers=1,
-                num_heads=4,
-            )
-        )
+        text_encoder_3 = tiny_t5(2 * text_width, ffn=2 * text_width)
         tokenizer_3 = tiny_t5_tokenizer()
     tokenizer = clip_tokenizer(max_length)  # SD3's two CLIP tokenizers are the same BPE
     return StableDiffusion3Pipeline(
@@ -327,22 +316,11 @@ def tiny_sdxl_pipeline(
         addition_time_embed_dim=time_embed_dim,
         projection_class_embeddings_input_dim=6 * time_embed_dim + projection_dim,
     )
-
-    def clip_config(width: int) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=width * 2,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-            projection_dim=projection_dim,
-        )
-
+    clip = [tiny_clip_config(w, max_length, projection_dim=projection_dim) for w in text_widths]
     return StableDiffusionXLPipeline(
         vae=vae,
-        text_encoder=CLIPTextModel(clip_config(text_widths[0])),
-        text_encoder_2=CLIPTextModelWithProjection(clip_config(text_widths[1])),
+        text_encoder=CLIPTextModel(clip[0]),
+        text_encoder_2=CLIPTextModelWithProjection(clip[1]),
         tokenizer=clip_tokenizer(max_length),
         tokenizer_2=clip_tokenizer(max_length, pad_token="!"),
         unet=unet,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+from transformers import CLIPTextModel
 
-from diffusion.tiny import clip_tokenizer, tiny_t5_tokenizer, tiny_vae
+from diffusion.tiny import clip_tokenizer, tiny_clip_config, tiny_t5, tiny_t5_tokenizer, tiny_vae16
 
 
 def flux_scheduler() -> FlowMatchEulerDiscreteScheduler:
@@ -40,16 +40,9 @@ def tiny_flux_pipeline(
     VAE with FLUX's 16 latent channels, scaling and shift and one 2x downsampling (latents
     image/2, 2x2-packed into (image/4)^2 tokens of 64 channels), a CLIP text encoder (its
     pooled output the pooled projection) and a one-layer T5 encoder of the joint attention
-    width; the toy world's CLIP BPE and the tiny T5 tokenizer."""
+    width; CLIP's BPE tokenizer (`clip_tokenizer`) and the tiny T5 tokenizer."""
     torch.manual_seed(seed)
-    vae = tiny_vae(
-        image_size,
-        latent_channels=16,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = tiny_vae16(image_size, scaling_factor=0.3611, shift_factor=0.1159)
     # rotary axes (index, row, column) of the head width, as FLUX.1's (16, 56, 56) of 128
     rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
     transformer = FluxTransformer2DModel(
@@ -64,32 +57,12 @@ def tiny_flux_pipeline(
         guidance_embeds=guidance_embeds,
         axes_dims_rope=rope,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=text_width,
-            intermediate_size=text_width * 2,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=max_length,
-        )
-    )
-    text_encoder_2 = T5EncoderModel(
-        T5Config(
-            vocab_size=64,
-            d_model=text_width,
-            d_kv=8,
-            d_ff=2 * text_width,
-            num_layers=1,
-            num_heads=4,
-        )
-    )
     return FluxPipeline(
         scheduler=flux_scheduler(),
         vae=vae,
-        text_encoder=text_encoder,
+        text_encoder=CLIPTextModel(tiny_clip_config(text_width, max_length)),
         tokenizer=clip_tokenizer(max_length),
-        text_encoder_2=text_encoder_2,
+        text_encoder_2=tiny_t5(text_width, ffn=2 * text_width),
         tokenizer_2=tiny_t5_tokenizer(),
         transformer=transformer,
     )
