@@ -163,6 +163,11 @@ class DiffusionModel:
         self.family.bind(self)
 
     @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along a side: the VAE downsamples by 2 per block after the first."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         """One latent as the sampler draws it and the trajectories store it (the family's)."""
         return self.family.latent_shape(self)
@@ -277,8 +282,8 @@ def load_model(cfg: ModelConfig, device: torch.device | None = None) -> Diffusio
 
 
 def _latent_size(model: DiffusionModel, resolution: int) -> tuple[int, int]:
-    """model.resolution in latents: the VAE downsamples by 2 per block after the first."""
-    scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+    """model.resolution in latents."""
+    scale = model.vae_scale_factor
     if resolution % (scale * 8):
         raise PipelineLoadError(
             f"model.resolution = {resolution}: not a multiple of {scale * 8} (this VAE "

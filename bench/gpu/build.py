@@ -112,8 +112,7 @@ def build_model(arch: Arch, device: torch.device, dtype: torch.dtype) -> Diffusi
     """Random-weight pipeline of `arch` as the project's DiffusionModel, at `arch`'s image
     size (the transformers' own is larger)."""
     model = from_pipeline(pipeline(arch, device, dtype), device, dtype)
-    scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
-    model.latent_size = (arch.net.image_size // scale,) * 2
+    model.latent_size = (arch.net.image_size // model.vae_scale_factor,) * 2
     return with_dtype(model, dtype)
 
 

@@ -116,8 +116,7 @@ class FluxFamily(FlowFamily):
     def latent_shape(self, model) -> tuple[int, int, int]:
         """(C, H, W) unpacked: the transformer's in_channels / 4; model.resolution's size,
         else the VAE's sample_size (FLUX.1's 1024 px, FluxPipeline's default)."""
-        scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
-        size = model.latent_size or model.vae.config.sample_size // scale
+        size = model.latent_size or model.vae.config.sample_size // model.vae_scale_factor
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (model.unet.config.in_channels // 4, *size)
 

@@ -52,7 +52,7 @@ class SDXLFamily(SDFamily):
     def time_ids(model, latents: torch.Tensor) -> torch.Tensor:
         """[N, 6]: original size, crop top-left (0, 0), target size, in pixels: the image
         size the latents decode to, as the stock pipeline's defaults."""
-        scale = 2 ** (len(model.vae.config.block_out_channels) - 1)
+        scale = model.vae_scale_factor
         h, w = latents.shape[-2] * scale, latents.shape[-1] * scale
         ids = torch.tensor([h, w, 0, 0, h, w], device=latents.device, dtype=latents.dtype)
         return ids.expand(latents.shape[0], 6)
