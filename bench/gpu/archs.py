@@ -1,4 +1,5 @@
-"""The architectures bench.gpu builds, with the run sizes and the time budget of each.
+"""The architectures bench.gpu builds, with the run sizes and the time budget of each, and
+the config that runs them.
 
 Networks are written out from their published config values (`diffusion.architectures`
 for SD-1.5, `bench.gpu.networks` for SD3.5-Medium and FLUX.1-dev); weights are random.
@@ -9,11 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+
+import torch
 
 from bench.gpu import networks
 from bench.gpu.networks import TransformerNetworks
+from configs.schema import Config
 from diffusion.architectures import SD15 as SD15_NETWORKS
 from diffusion.architectures import Networks
+from diffusion.families import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -166,3 +172,44 @@ FLUX_TINY = dataclasses.replace(FLUX, name="flux-tiny", net=networks.FLUX_TINY, 
 
 ARCHS = {a.name: a for a in (SD15, SD35M, FLUX)}
 TINY = {"sd15": SD15_TINY, "sd35m": SD35M_TINY, "flux": FLUX_TINY}
+
+
+def bench_config(arch: Arch, train_dtype: str, device: torch.device, out: Path) -> Config:
+    """The project's config that samples and trains `arch` at its run sizes (LoRA on the
+    family's attention projections, a JPEG reward that needs no download)."""
+    return Config.model_validate(
+        {
+            "seed": 0,
+            "stages": 1,
+            "output_dir": str(out / "runs"),
+            "model": {
+                "pretrained": f"bench.gpu random {arch.name} (built in memory)",
+                "dtype": train_dtype,
+                "device": device.type,
+            },
+            "sampling": {
+                "num_steps": arch.num_steps,
+                "eta": arch.eta,
+                "guidance_scale": arch.guidance_scale,
+                "branches": arch.branches,
+                "trunks_per_stage": arch.trunks,
+                "micro_batch": arch.micro_batch,
+            },
+            "schedule": {"kind": "constant", "start": arch.split_step, "end": arch.split_step},
+            "selection": {"mode": "extremes", "tau_pos": 0.5, "tau_neg": -0.5},
+            "loss": {"name": "ppo_clip", "clip_range": 0.1},
+            "train": {
+                "epochs": 1,
+                "batch_size": arch.train_batch,
+                "grad_accum": arch.grad_accum,
+                "micro_batch": arch.train_micro_batch,
+                "gradient_checkpointing": arch.gradient_checkpointing,
+                "lora": {
+                    "rank": arch.lora_rank,
+                    "targets": list(FAMILIES[arch.family].lora_targets),
+                },
+            },
+            "rewards": [{"name": "jpeg_compressibility"}],
+            "logging": {"mlflow": False},
+        }
+    )

@@ -58,7 +58,7 @@ def forward_probe(model: DiffusionModel, cfg: Config, n: int) -> Callable[[], No
 
 
 def train_probe(
-    model: DiffusionModel, params: list[torch.nn.Parameter], n: int, cfg: Config
+    model: DiffusionModel, cfg: Config, params: list[torch.nn.Parameter], n: int
 ) -> Callable[[], None]:
     """One training term as PolicyTrainer.update computes it, for n trajectories: a guided
     denoiser forward with the LoRA, the family step's log-prob of given next latents,
@@ -79,7 +79,7 @@ def train_probe(
     return run
 
 
-def sampling_probe(model: DiffusionModel, n: int, cfg: Config) -> Callable[[], None]:
+def sampling_probe(model: DiffusionModel, cfg: Config, n: int) -> Callable[[], None]:
     """What one sampler micro-batch of n latents holds at once: a guided denoiser step, the
     family's recorded policy step, and the VAE decode of n latents (sample_branches decodes
     in micro-batches too)."""

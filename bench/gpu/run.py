@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from bench.gpu.archs import ARCHS, TINY, Arch
+from bench.gpu.archs import ARCHS, TINY, Arch, bench_config
 from bench.gpu.budget import Budget, log, restart_clock, since_start
 from bench.gpu.build import build_model, parameters, with_dtype
 from bench.gpu.measure import dtype_name, free_memory, largest_fitting, matmul_peak
 from bench.gpu.probes import sampling_probe, train_probe
 from bench.gpu.report import table
-from bench.gpu.sampling import bench_config, sample_part
+from bench.gpu.sampling import sample_part
 from bench.gpu.update import update_part, update_variants
 
 RESULT_FILE = "bench_gpu.json"
@@ -148,7 +148,7 @@ def run(args: argparse.Namespace) -> dict:
             "largest train micro-batch",
             20,
             lambda: largest_fitting(
-                lambda n: train_probe(model, trainer.params, n, cfg),
+                lambda n: train_probe(model, cfg, trainer.params, n),
                 arch.train_cap,
                 budget.deadline,
             ),
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
                 "largest sampling micro-batch",
                 20,
                 lambda: largest_fitting(
-                    lambda n: sampling_probe(model, n, cfg), arch.sampling_cap, budget.deadline
+                    lambda n: sampling_probe(model, cfg, n), arch.sampling_cap, budget.deadline
                 ),
             )
     elif cuda:
@@ -176,22 +176,21 @@ def run(args: argparse.Namespace) -> dict:
             10,
             lambda: update_variants(trainer, start, batch, largest, per_step, budget),
         )
-        result["update_variants"] = variants
-        save(result, out_dir, complete=False)
+    result["update_variants"] = variants
+    save(result, out_dir, complete=False)
     if search is not None and "checkpointing_search" not in args.skip:
         model.unet.enable_gradient_checkpointing()
         search["train_checkpointing"] = budget.run(
             "largest train micro-batch, gradient checkpointing",
             30,
             lambda: largest_fitting(
-                lambda n: train_probe(model, trainer.params, n, cfg),
+                lambda n: train_probe(model, cfg, trainer.params, n),
                 arch.train_cap,
                 budget.deadline,
                 start=(search.get("train") or {}).get("value") or 1,
             ),
         )
         model.unet.disable_gradient_checkpointing()
-    result["update_variants"] = variants
     headline(result, dtype_name(train_dtype), cuda)
     result["notes"] = notes
     result["skipped"] = budget.skipped

@@ -1,17 +1,15 @@
-"""bench.gpu's config and its sampling part: the denoiser's FLOPs and TFLOP/s at the
-sampling batch, branch sampling through `diffusion.sampler.sample_branches`, and the same
-work as a loop over branch indices."""
+"""bench.gpu's sampling part: the denoiser's FLOPs and TFLOP/s at the sampling batch,
+branch sampling through `diffusion.sampler.sample_branches`, and the same work as a loop
+over branch indices."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
 
 from bench.branching import per_branch_loop
-from bench.gpu.archs import Arch
 from bench.gpu.budget import Budget
 from bench.gpu.measure import (
     count_flops,
@@ -24,50 +22,10 @@ from bench.gpu.measure import (
 )
 from bench.gpu.probes import PROMPTS, forward_probe
 from configs.schema import Config
-from diffusion.families import FAMILIES
 from diffusion.pipeline import DiffusionModel
 from diffusion.sampler import UNetCounter, expected_evaluations, sample_branches
 from diffusion.trajectory import TrajectoryBatch
 from learner.stage import sampler_settings
-
-
-def bench_config(arch: Arch, train_dtype: str, device: torch.device, out: Path) -> Config:
-    return Config.model_validate(
-        {
-            "seed": 0,
-            "stages": 1,
-            "output_dir": str(out / "runs"),
-            "model": {
-                "pretrained": f"bench.gpu random {arch.name} (built in memory)",
-                "dtype": train_dtype,
-                "device": device.type,
-            },
-            "sampling": {
-                "num_steps": arch.num_steps,
-                "eta": arch.eta,
-                "guidance_scale": arch.guidance_scale,
-                "branches": arch.branches,
-                "trunks_per_stage": arch.trunks,
-                "micro_batch": arch.micro_batch,
-            },
-            "schedule": {"kind": "constant", "start": arch.split_step, "end": arch.split_step},
-            "selection": {"mode": "extremes", "tau_pos": 0.5, "tau_neg": -0.5},
-            "loss": {"name": "ppo_clip", "clip_range": 0.1},
-            "train": {
-                "epochs": 1,
-                "batch_size": arch.train_batch,
-                "grad_accum": arch.grad_accum,
-                "micro_batch": arch.train_micro_batch,
-                "gradient_checkpointing": arch.gradient_checkpointing,
-                "lora": {
-                    "rank": arch.lora_rank,
-                    "targets": list(FAMILIES[arch.family].lora_targets),
-                },
-            },
-            "rewards": [{"name": "jpeg_compressibility"}],
-            "logging": {"mlflow": False},
-        }
-    )
 
 
 def sample_part(

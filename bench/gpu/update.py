@@ -28,6 +28,8 @@ from diffusion.trajectory import TrajectoryBatch
 from learner.selection import Selection, select
 from learner.update import PolicyTrainer
 
+OUT_OF_MEMORY = "OutOfMemoryError"
+
 
 def update_part(
     model: DiffusionModel, cfg: Config, batch: TrajectoryBatch, budget: Budget
@@ -38,26 +40,26 @@ def update_part(
     dev = model.device
     trainer = PolicyTrainer(model, cfg)  # attaches the LoRA to model.unet
     start = (trainer.weights(), copy.deepcopy(trainer.optimizer.state_dict()))
-    K = cfg.sampling.branches
-    adv = np.tile(np.linspace(-1.0, 1.0, K), len(batch) // K)
+    adv = spread_advantages(len(batch), cfg.sampling.branches)
     sel = select(cfg.selection, batch.trunk_ids.numpy(), adv)
     bs = cfg.train.micro_batch or cfg.train.batch_size  # trajectories per forward / backward
     # the useful FLOPs of one trajectory's term (no recomputation), then the term at the
     # preset's micro-batch and checkpointing timed (what the update's time estimate uses)
     model.unet.disable_gradient_checkpointing()
-    one = train_probe(model, trainer.params, 1, cfg)
+    one = train_probe(model, cfg, trainer.params, 1)
     rows = denoiser_rows(model.unet, one) * bs  # also the warm-up of the backward kernels
     flops = count_flops(one) * bs  # forward + backward of one training term, bs trajectories
     checkpointing = cfg.train.gradient_checkpointing
     if checkpointing:
         model.unet.enable_gradient_checkpointing()
-    probe = train_probe(model, trainer.params, bs, cfg)
+    probe = train_probe(model, cfg, trainer.params, bs)
     try:
         sec_term = seconds_per_call(probe, dev, reps=3 if dev.type == "cuda" else 1, warmup=1)
     except torch.cuda.OutOfMemoryError:  # keep the trainer: the searches still run
         sec_term = None
     if sec_term is None:  # after the except block, so the traceback's tensors are gone
-        return _out_of_memory(trainer, budget, bs), trainer, start
+        _out_of_memory(trainer, budget, "update", bs)
+        return {"error": OUT_OF_MEMORY, "train_micro_batch": bs}, trainer, start
     terms = cfg.train.epochs * batch.interval * len(sel.index)  # trajectory-steps
     out = {
         "lora_rank": cfg.train.lora.rank,
@@ -85,7 +87,8 @@ def update_part(
     with contextlib.suppress(torch.cuda.OutOfMemoryError):
         stats = trainer.update(batch.without_images(), adv, sel, stage=0)
     if stats is None:  # out of memory; freed after the with block drops the traceback
-        return {**out, **_out_of_memory(trainer, budget, bs)}, trainer, start
+        _out_of_memory(trainer, budget, "update", bs)
+        return {**out, "error": OUT_OF_MEMORY}, trainer, start
     sync(dev)
     sec = time.perf_counter() - t0
     out.update(
@@ -101,12 +104,18 @@ def update_part(
     return out, trainer, start
 
 
-def _out_of_memory(trainer: PolicyTrainer, budget: Budget, micro_batch: int) -> dict:
-    """The update ran out of memory: noted, and the trainer kept for the searches."""
-    budget.errors.append(f"update: OutOfMemoryError at micro-batch {micro_batch}")
+def spread_advantages(n: int, branches: int) -> np.ndarray:
+    """Advantages -1..1 across each trunk's branches, for n trajectories in trunk order, so
+    that the best and the worst branch of every trunk are the extremes."""
+    return np.tile(np.linspace(-1.0, 1.0, branches), -(-n // branches))[:n]
+
+
+def _out_of_memory(trainer: PolicyTrainer, budget: Budget, part: str, micro_batch: int) -> None:
+    """`part` ran out of memory: noted as an error, its gradients dropped and the cache
+    emptied; the trainer is kept for the parts after it."""
+    budget.errors.append(f"{part}: {OUT_OF_MEMORY} at micro-batch {micro_batch}")
     trainer.optimizer.zero_grad(set_to_none=True)
     free_memory()
-    return {"error": "OutOfMemoryError", "train_micro_batch": micro_batch}
 
 
 def update_variants(
@@ -125,8 +134,7 @@ def update_variants(
     base, dev = trainer.cfg, trainer.model.device
     n = min(largest or len(batch), len(batch))
     work = batch.select(torch.arange(n))
-    K = base.sampling.branches
-    adv = np.tile(np.linspace(-1.0, 1.0, K), -(-n // K))[:n]
+    adv = spread_advantages(n, base.sampling.branches)
     sel = Selection(np.arange(n), int((adv > 0).sum()), int((adv < 0).sum()), np.zeros((0, 2), int))
     plans = {
         "preset": (
@@ -162,11 +170,9 @@ def update_variants(
             try:
                 stats = trainer.update(work.without_images(), adv, sel, stage=0)
             except torch.cuda.OutOfMemoryError:  # the probe fitted, the update did not
-                out["variants"][name] = {"micro_batch": micro, "error": "OutOfMemoryError"}
-                budget.errors.append(f"update {name}: OutOfMemoryError at micro-batch {micro}")
+                out["variants"][name] = {"micro_batch": micro, "error": OUT_OF_MEMORY}
             if stats is None:  # after the except block, so the traceback's tensors are gone
-                trainer.optimizer.zero_grad(set_to_none=True)
-                free_memory()
+                _out_of_memory(trainer, budget, f"update {name}", micro)
                 continue
             sync(dev)
             sec = time.perf_counter() - t0

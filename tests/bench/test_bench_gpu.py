@@ -208,11 +208,10 @@ def test_full_size_transformers_go_through_the_family_interface_on_the_meta_devi
     family's encode / predict / step as the sampler and the update call them."""
     from pathlib import Path
 
-    from bench.gpu.archs import ARCHS
+    from bench.gpu.archs import ARCHS, bench_config
     from bench.gpu.build import build_model, parameters
     from bench.gpu.measure import denoiser_rows
     from bench.gpu.probes import split_timestep
-    from bench.gpu.sampling import bench_config
     from learner.update import PolicyTrainer
 
     spec = ARCHS[arch]
