@@ -1,22 +1,21 @@
-"""Stable Diffusion's network configurations, built with random weights and no download.
+"""Pipelines of known architectures with random weights, written without a download.
 
-`python -m diffusion.architectures --arch sd15 --out DIR` writes a diffusers pipeline
-folder of Stable Diffusion 1.5's architecture (random weights, about 4.3 GB in float32);
-`--arch sd15-reduced` the same block structure at a fraction of the width and 64 px, so
-that an SD-shaped run goes end to end on a CPU:
+`python -m diffusion.architectures --arch ARCH --out DIR` writes a diffusers pipeline folder
+that loads with the project's loader and with the family's stock pipeline:
 
-    python -m learner.main --config configs/sd14_b2.yaml --set model.pretrained=DIR ...
-
-Both folders load with the project's loader and with the stock
-`StableDiffusionPipeline.from_pretrained(DIR)`. `--arch sd3-tiny` writes the tiny random
-SD3 pipeline of `diffusion.tiny` (no T5; 32 px, 16-channel 16 x 16 latents), which loads
-with the project's loader and with `StableDiffusion3Pipeline.from_pretrained(DIR,
-text_encoder_3=None, tokenizer_3=None)`. `--arch sdxl-tiny` writes the tiny random SDXL
-pipeline (32 px, 4-channel 16 x 16 latents, DDIM), which loads with the project's loader and
-with `StableDiffusionXLPipeline.from_pretrained(DIR)`. `--arch flux-tiny` writes the tiny
-random FLUX.1 pipeline of `diffusion.tiny_flux` (guidance-distilled as FLUX.1-dev; 32 px,
-16-channel 16 x 16 latents, 64 packed tokens), which loads with the project's loader and with
-`FluxPipeline.from_pretrained(DIR)`.
+  sd15          Stable Diffusion 1.5's architecture (`SD15`; about 4.3 GB in float32),
+                `StableDiffusionPipeline.from_pretrained(DIR)`
+  sd15-reduced  the same block structure at a fraction of the width and 64 px, so that an
+                SD-shaped run goes end to end on a CPU (the default):
+                python -m learner.main --config configs/sd14_b2.yaml --set model.pretrained=DIR
+  sd3-tiny      the tiny SD3 of `diffusion.tiny` (no T5; 32 px, 16-channel 16 x 16 latents),
+                `StableDiffusion3Pipeline.from_pretrained(DIR, text_encoder_3=None,
+                tokenizer_3=None)`
+  sdxl-tiny     the tiny SDXL of `diffusion.tiny` (32 px, 4-channel 16 x 16 latents, DDIM),
+                `StableDiffusionXLPipeline.from_pretrained(DIR)`
+  flux-tiny     the tiny FLUX.1 of `diffusion.tiny_flux` (guidance-distilled as FLUX.1-dev;
+                32 px, 16-channel 16 x 16 latents, 64 packed tokens),
+                `FluxPipeline.from_pretrained(DIR)`
 """
 
 from __future__ import annotations

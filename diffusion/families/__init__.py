@@ -50,6 +50,7 @@ FAMILIES: dict[str, Family] = {
 
 
 def family_for_class(class_name: str, source: str = "") -> Family:
+    """The family of a diffusers pipeline class name; `source` names where it was read."""
     for family in FAMILIES.values():
         if class_name in family.pipeline_classes:
             return family
@@ -76,7 +77,7 @@ def denoiser_passes(path: str | Path, guidance_scale: float) -> int:
     weights; a path that is no local folder (a hub id) counts as classifier-free guidance."""
     path = Path(path)
     if not (path / "model_index.json").is_file():
-        return SDFamily().passes({}, guidance_scale)
+        return FAMILIES["sd"].passes({}, guidance_scale)
     family = family_of_dir(path)
     config = path / family.denoiser / "config.json"
     try:
