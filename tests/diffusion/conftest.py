@@ -9,6 +9,27 @@ import pytest
 import torch
 
 
+def _load_on_cpu(path: str):
+    from configs.schema import ModelConfig
+    from diffusion.pipeline import load_model
+
+    return load_model(ModelConfig(pretrained=path), torch.device("cpu"))
+
+
+def _smaller_on(tiny_cfg, pretrained: str, **sampling):
+    """The tiny SD world's config on the pipeline at `pretrained`, smaller: 4 steps, 2 trunks
+    x 3 branches, two stages training the last 2, then 3 steps; `sampling`: more values."""
+    sampling = {"num_steps": 4, "trunks_per_stage": 2, "branches": 3, **sampling}
+    return tiny_cfg.model_copy(
+        update={
+            "stages": 2,
+            "model": tiny_cfg.model.model_copy(update={"pretrained": pretrained}),
+            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
+            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
+        }
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory) -> str:
     from diffusion.tiny import tiny_sd3_pipeline
@@ -20,10 +41,7 @@ def tiny_sd3_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def _tiny_sd3_once(tiny_sd3_dir):
-    from configs.schema import ModelConfig
-    from diffusion.pipeline import load_model
-
-    return load_model(ModelConfig(pretrained=tiny_sd3_dir), torch.device("cpu"))
+    return _load_on_cpu(tiny_sd3_dir)
 
 
 @pytest.fixture()
@@ -34,17 +52,8 @@ def tiny_sd3(_tiny_sd3_once):
 
 @pytest.fixture()
 def sd3_cfg(tiny_cfg, tiny_sd3_dir):
-    """The tiny SD world's config on the SD3 pipeline (flow noise level 0.7), smaller: 4
-    steps, 2 trunks x 3 branches, two stages training the last 2, then 3 steps."""
-    sampling = {"eta": 0.7, "num_steps": 4, "trunks_per_stage": 2, "branches": 3}
-    return tiny_cfg.model_copy(
-        update={
-            "stages": 2,
-            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_sd3_dir}),
-            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
-            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
-        }
-    )
+    """The tiny SD world's smaller config on the SD3 pipeline, flow noise level 0.7."""
+    return _smaller_on(tiny_cfg, tiny_sd3_dir, eta=0.7)
 
 
 @pytest.fixture(scope="session")
@@ -59,10 +68,7 @@ def tiny_sdxl_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def _tiny_sdxl_once(tiny_sdxl_dir):
-    from configs.schema import ModelConfig
-    from diffusion.pipeline import load_model
-
-    return load_model(ModelConfig(pretrained=tiny_sdxl_dir), torch.device("cpu"))
+    return _load_on_cpu(tiny_sdxl_dir)
 
 
 @pytest.fixture()
@@ -73,17 +79,8 @@ def tiny_sdxl(_tiny_sdxl_once):
 
 @pytest.fixture()
 def sdxl_cfg(tiny_cfg, tiny_sdxl_dir):
-    """The tiny SD world's config on the SDXL pipeline (DDIM eta 1), smaller: 4 steps,
-    2 trunks x 3 branches, two stages training the last 2, then 3 steps."""
-    sampling = {"eta": 1.0, "num_steps": 4, "trunks_per_stage": 2, "branches": 3}
-    return tiny_cfg.model_copy(
-        update={
-            "stages": 2,
-            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_sdxl_dir}),
-            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
-            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
-        }
-    )
+    """The tiny SD world's smaller config on the SDXL pipeline, DDIM eta 1."""
+    return _smaller_on(tiny_cfg, tiny_sdxl_dir, eta=1.0)
 
 
 @pytest.fixture(scope="session")
@@ -98,10 +95,7 @@ def tiny_flux_dir(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def _tiny_flux_once(tiny_flux_dir):
-    from configs.schema import ModelConfig
-    from diffusion.pipeline import load_model
-
-    return load_model(ModelConfig(pretrained=tiny_flux_dir), torch.device("cpu"))
+    return _load_on_cpu(tiny_flux_dir)
 
 
 @pytest.fixture()
@@ -112,24 +106,9 @@ def tiny_flux(_tiny_flux_once):
 
 @pytest.fixture()
 def flux_cfg(tiny_cfg, tiny_flux_dir):
-    """The tiny SD world's config on the FLUX pipeline (flow noise level 0.9, guidance 3.5
-    as an embedding), smaller: 4 steps, 2 trunks x 3 branches, two stages training the last
-    2, then 3 steps."""
-    sampling = {
-        "eta": 0.9,
-        "guidance_scale": 3.5,
-        "num_steps": 4,
-        "trunks_per_stage": 2,
-        "branches": 3,
-    }
-    return tiny_cfg.model_copy(
-        update={
-            "stages": 2,
-            "model": tiny_cfg.model.model_copy(update={"pretrained": tiny_flux_dir}),
-            "sampling": tiny_cfg.sampling.model_copy(update=sampling),
-            "schedule": tiny_cfg.schedule.model_copy(update={"start": 2, "end": 3}),
-        }
-    )
+    """The tiny SD world's smaller config on the FLUX pipeline, flow noise level 0.9 and
+    guidance 3.5 (as the guidance embedding)."""
+    return _smaller_on(tiny_cfg, tiny_flux_dir, eta=0.9, guidance_scale=3.5)
 
 
 @pytest.fixture
