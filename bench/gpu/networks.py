@@ -161,8 +161,15 @@ def _tiny_clip(clip: dict) -> dict:
     }
 
 
-_T5_TINY = {**_T5_XXL, "vocab_size": 64, "d_model": 64, "d_kv": 8, "d_ff": 64}
-_T5_TINY.update({"num_layers": 1, "num_heads": 4})
+_T5_TINY = {
+    **_T5_XXL,
+    "vocab_size": 64,
+    "d_model": 64,
+    "d_kv": 8,
+    "d_ff": 64,
+    "num_layers": 1,
+    "num_heads": 4,
+}
 _VAE16_TINY = {  # one 2x downsampling: 32 px images, 16 x 16 latents
     "down_block_types": ("DownEncoderBlock2D",) * 2,
     "up_block_types": ("UpDecoderBlock2D",) * 2,

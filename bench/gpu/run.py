@@ -21,6 +21,9 @@ from bench.gpu.probes import sampling_probe, train_probe
 from bench.gpu.report import table
 from bench.gpu.sampling import sample_part
 from bench.gpu.update import update_part, update_variants
+from configs.schema import Config
+from diffusion.pipeline import DiffusionModel
+from learner.update import PolicyTrainer
 
 RESULT_FILE = "bench_gpu.json"
 PARTS = ("branch_loop", "sampling_search", "variants", "checkpointing_search")
@@ -147,11 +150,7 @@ def run(args: argparse.Namespace) -> dict:
         search["train"] = budget.run(
             "largest train micro-batch",
             20,
-            lambda: largest_fitting(
-                lambda n: train_probe(model, cfg, trainer.params, n),
-                arch.train_cap,
-                budget.deadline,
-            ),
+            lambda: _largest_train(model, cfg, trainer, arch.train_cap, budget),
         )
         if "sampling_search" not in args.skip:
             search["sampling"] = budget.run(
@@ -180,15 +179,11 @@ def run(args: argparse.Namespace) -> dict:
     save(result, out_dir, complete=False)
     if search is not None and "checkpointing_search" not in args.skip:
         model.unet.enable_gradient_checkpointing()
+        start_at = (search.get("train") or {}).get("value") or 1
         search["train_checkpointing"] = budget.run(
             "largest train micro-batch, gradient checkpointing",
             30,
-            lambda: largest_fitting(
-                lambda n: train_probe(model, cfg, trainer.params, n),
-                arch.train_cap,
-                budget.deadline,
-                start=(search.get("train") or {}).get("value") or 1,
-            ),
+            lambda: _largest_train(model, cfg, trainer, arch.train_cap, budget, start_at),
         )
         model.unet.disable_gradient_checkpointing()
     headline(result, dtype_name(train_dtype), cuda)
@@ -197,6 +192,20 @@ def run(args: argparse.Namespace) -> dict:
     result["errors"] = budget.errors
     result["seconds_total"] = since_start()
     return result
+
+
+def _largest_train(
+    model: DiffusionModel,
+    cfg: Config,
+    trainer: PolicyTrainer,
+    cap: int,
+    budget: Budget,
+    start: int = 1,
+) -> dict:
+    """The largest training micro-batch whose forward and backward fit (`largest_fitting`)."""
+    return largest_fitting(
+        lambda n: train_probe(model, cfg, trainer.params, n), cap, budget.deadline, start=start
+    )
 
 
 def headline(result: dict, train: str, cuda: bool) -> None:
