@@ -21,6 +21,8 @@ from diffusion.flow import euler_step, flow_step_with_logprob
 
 
 class FlowFamily(Family):
+    """The part of the interface that sd3 and flux share (an MM-DiT transformer denoiser)."""
+
     denoiser = "transformer"
     # every attention projection of both MM-DiT streams (image and text)
     lora_targets = (
