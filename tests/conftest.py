@@ -139,3 +139,40 @@ def in_threads():
         return out
 
     return run
+
+
+@pytest.fixture
+def two_b2_stages():
+    """A check that two B² stages train `model` in this process."""
+    return _two_b2_stages
+
+
+def _two_b2_stages(model, cfg) -> None:
+    """Two B² stages on `model` in this process (a brightness reward): each trains the
+    LoRA on-policy, the interval grows backward (2 then 3 steps), and the LoRA moves."""
+    import numpy as np
+    import torch
+
+    from learner.advantages import Advantages
+    from learner.stage import run_in_process
+    from learner.update import PolicyTrainer
+
+    trainer = PolicyTrainer(model, cfg)
+    adv = Advantages(cfg.advantage)
+    before = {k: v.clone() for k, v in trainer.weights().items()}
+
+    def brightness(images, prompts):
+        return images.float().mean(dim=(1, 2, 3)).numpy() / 255.0
+
+    splits = []
+    for stage in range(2):
+        res = run_in_process(
+            trainer, adv, brightness, ["a red circle", "a blue square"], cfg, stage
+        )
+        m = res.metrics()
+        assert np.isfinite(m["loss"]) and m["optimizer_steps"] >= 1
+        assert m["onpolicy_ratio_dev_max"] <= 1e-5  # the sampler's log-probs, recomputed
+        splits.append(res.split_step)
+    assert splits == [2, 3]  # backward: the interval grows towards x_T
+    after = trainer.weights()
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -1,6 +1,7 @@
 """Build the toy world's models and measure them: the assets `python -m learner.main` uses.
 
     python -m toyworld.build [--out DIR] [--seed N] [--micro] [--threads N] [--baselines-only]
+    python -m toyworld.build --family sd3 [--out DIR] [--seed N] [--micro]   (toyworld.build_flow)
 
 1. the toy CLIP, on renders of every caption -> DIR/clip/toy-clip.json + toy_clip.safetensors;
 2. renders of the pretraining captions (toyworld.prompts.pretraining_captions), the VAE,
@@ -348,7 +349,14 @@ def remeasure(out: Path, seed: int, settings: BuildSettings, progress: bool, com
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the toy world's pipeline and CLIP.")
-    parser.add_argument("--out", type=Path, default=ASSETS_DIR)
+    parser.add_argument(
+        "--family",
+        choices=("sd", "sd3"),
+        default="sd",
+        help="sd: the UNet world (DIR default toyworld/assets); sd3: the flow world on the "
+        "UNet world's VAE and CLIP (toyworld.build_flow; DIR default toyworld/assets/sd3)",
+    )
+    parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--micro", action="store_true", help="tiny models, a few steps each")
     parser.add_argument(
@@ -373,7 +381,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    out = args.out.resolve()
+    command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    if args.family == "sd3":
+        from toyworld import build_flow
+
+        if args.latent_size != 16 or args.exposure_steps is not None or args.baselines_only:
+            raise SystemExit("--family sd3 takes --out, --seed, --micro, --threads and --quiet")
+        build_flow.run(args.out, args.seed, args.micro, not args.quiet, command.strip())
+        return
+    out = (args.out or ASSETS_DIR).resolve()
     if args.micro and args.latent_size != 16:
         raise SystemExit("--micro builds the 16 x 16 world only")
     settings = MICRO if args.micro else (LATENT8 if args.latent_size == 8 else FULL)
@@ -381,7 +397,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.exposure_steps < 0:
             raise SystemExit(f"--exposure-steps {args.exposure_steps}: must be >= 0")
         settings = replace(settings, exposure=replace(settings.exposure, steps=args.exposure_steps))
-    command = "python -m toyworld.build " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.baselines_only:
         record = remeasure(out, args.seed, settings, not args.quiet, command.strip())
         d = record["default_prompts"]

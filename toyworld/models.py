@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from diffusion.tiny import clip_tokenizer, sd_scheduler
 
@@ -145,4 +145,19 @@ def text_encoder_from_clip(
     missing = [m for m in missing if not m.endswith("position_ids")]
     if missing or unexpected:
         raise ValueError(f"text tower mismatch: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def projected_text_encoder_from_clip(
+    clip_state: dict[str, torch.Tensor], size: PipelineSize
+) -> CLIPTextModelWithProjection:
+    """The toy CLIP's text tower with its text projection (Stable Diffusion 3's text
+    encoders are CLIP text towers with projection: the pooled prompt embedding is the
+    projected end-of-text state, as in CLIP itself)."""
+    tower = text_encoder_from_clip(clip_state, size)
+    projection = clip_state["text_projection"].float()  # [width, embed_dim]: x @ projection
+    config = CLIPTextConfig(**{**tower.config.to_dict(), "projection_dim": projection.shape[1]})
+    model = CLIPTextModelWithProjection(config)
+    model.text_model.load_state_dict(tower.state_dict())
+    model.text_projection.weight.data.copy_(projection.T)
     return model
