@@ -11,12 +11,12 @@ from diffusion import pipeline
 from diffusion.pipeline import PipelineLoadError, load_model, set_tf32
 from learner.prompts import PromptFileError, load_prompts
 
-PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
+PRESETS = sorted(PRESET_DIR.glob("*.yaml")) + sorted(PRESET_DIR.glob("ablations/*.yaml"))
 
 
 def test_presets_validate():
     names = {p.stem for p in PRESETS}
-    assert {"toy_b2", "toy_ddpo", "sd14_b2", "sd14_ddpo"} <= names
+    assert {"toy_b2", "toy_ddpo", "toy_sd3_b2", "toy_sd3_ddpo", "sd14_b2", "sd14_ddpo"} <= names
     for p in PRESETS:
         load_config(p)
     sd = load_config(PRESET_DIR / "sd14_b2.yaml")
