@@ -27,8 +27,9 @@ from configs.schema import Config
 BUDGETS = ("images", "unet", "seconds")
 
 
-def predicted_unet(cfg: Config) -> list[int]:
-    """UNet evaluations of each of cfg's stages (sampling exact, update at its most)."""
+def predicted_unet(cfg: Config, trained_share: float = 1.0) -> list[float]:
+    """UNet evaluations of each of cfg's stages: sampling exact, the update for
+    `trained_share` of the stage's rows (1: every row, B²'s most)."""
     from diffusion.families import denoiser_passes
     from diffusion.sampler import expected_evaluations
     from learner.stage import sampler_settings
@@ -41,7 +42,7 @@ def predicted_unet(cfg: Config) -> list[int]:
     for stage in range(cfg.stages):
         settings = sampler_settings(cfg, stage)
         sampling = expected_evaluations(settings, s.trunks_per_stage, guided)
-        out.append(sampling + rows * settings.split_step * guided * per_row)
+        out.append(sampling + trained_share * rows * settings.split_step * guided * per_row)
     return out
 
 
@@ -56,6 +57,7 @@ def counted(run_dir: Path) -> dict[str, float]:
         "stages": len(stages),
         "images": sum(m["images"] for m in stages),
         "unet": sum(m["unet_evaluations"] + m.get("update_unet_evaluations", 0) for m in stages),
+        "update": sum(m.get("update_unet_evaluations", 0) for m in stages),
         "seconds": sum(m["seconds_stage"] for m in stages),
     }
 
@@ -99,6 +101,14 @@ def probe_rate(arm, seed: int, out: Path, overrides: list[str], log) -> float:
     return spent["seconds"] / spent["unet"]
 
 
+def trained_share(cfg: Config, runs: list[Path]) -> float:
+    """The share of its rows the update of `runs` (made with cfg) trained: their counted
+    update evaluations over the update's prediction for every row."""
+    full = sum(predicted_unet(cfg)) - sum(predicted_unet(cfg, 0.0))
+    done = sum(counted(d)["update"] for d in runs) / len(runs)
+    return done / full if full else 1.0
+
+
 def match_budget(
     arms: list, seeds: list[int], out: Path, args, reference: list[Path], log
 ) -> tuple[dict[str, int], dict]:
@@ -113,20 +123,29 @@ def match_budget(
         "count whose predicted spend is nearest it"
     )
     stages = {ref.name: ref.cfg.stages}
+    share = trained_share(ref.cfg, reference)
+    log(f"budget: {ref.name}'s update trained {share:.0%} of its rows' predicted evaluations")
     for arm in arms[1:]:
-        if kind == "unet":
-            cost = predicted_unet
-        else:
-            rate = probe_rate(arm, seeds[0], out, args.overrides, log)
+        # B² trains only its selected rows: a preset that selects as the reference does is
+        # predicted with the reference's measured share, any other with every row
+        same = (arm.cfg.algorithm, arm.cfg.selection) == (ref.cfg.algorithm, ref.cfg.selection)
+        rate = 1.0 if kind == "unet" else probe_rate(arm, seeds[0], out, args.overrides, log)
 
-            def cost(cfg, rate=rate):
-                return [rate * w for w in predicted_unet(cfg)]
+        def cost(cfg, rate=rate, s=share if same else 1.0):
+            return [rate * w for w in predicted_unet(cfg, s)]
 
         n = stages_for(arm.cfg, target, cost)
         stages[arm.name] = n
         spend = sum(cost(arm.cfg.model_copy(update={"stages": n})))
         log(f"budget: {arm.name} gets {n} stages (predicted {spend:,.0f} {unit})")
-    info = {"kind": kind, "unit": unit, "reference": ref.name, "target": target, "stages": stages}
+    info = {
+        "kind": kind,
+        "unit": unit,
+        "reference": ref.name,
+        "target": target,
+        "trained_share": share,
+        "stages": stages,
+    }
     return stages, info
 
 

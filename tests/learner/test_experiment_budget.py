@@ -8,7 +8,7 @@ import json
 import pytest
 
 from configs.load import DEFAULT_PRESET, load_config
-from learner.budget import counted, predicted_unet, stages_for
+from learner.budget import counted, predicted_unet, stages_for, trained_share
 from learner.experiment import DDPO_PRESET, load_arms, parse_args, train_runs
 
 TINY = [
@@ -77,6 +77,12 @@ def test_budget_unet_equalises_counted_unet_work(tiny_pipeline_dir, tmp_path, pr
     # DDPO trains every row: its prediction is what the run counted
     assert sum(predicted_unet(load_config(ddpo_dir / "config.yaml"))) == ddpo["unet"]
     assert any(line.startswith("budget: ") and "UNet evaluations a run" in line for line in lines)
+    # B² trains its selected rows only: the share its prediction for a preset that selects
+    # as it does is scaled by is what the run counted over its every-row prediction
+    b2_cfg = load_config(b2_dir / "config.yaml")
+    full = sum(predicted_unet(b2_cfg)) - sum(predicted_unet(b2_cfg, 0.0))
+    assert 0 < info["trained_share"] == trained_share(b2_cfg, [b2_dir]) == b2["update"] / full <= 1
+    assert sum(predicted_unet(b2_cfg, info["trained_share"])) == pytest.approx(b2["unet"])
 
 
 @pytest.mark.slow  # about 50 s: seven tiny stages through a local Ray
