@@ -32,16 +32,19 @@ class FlowTraining:
     ema_decay: float = 0.995
 
 
+def sampling_grid(scheduler: FlowMatchEulerDiscreteScheduler, steps: int) -> torch.Tensor:
+    """The sigmas a `steps`-step sampler visits (the last, 0, is the clean image: left out)."""
+    scheduler.set_timesteps(steps)
+    return scheduler.sigmas[:-1].float()
+
+
 def sigmas_for(
-    scheduler: FlowMatchEulerDiscreteScheduler, n: int, cfg: FlowTraining, gen: torch.Generator
+    grid: torch.Tensor, shift: float, n: int, cfg: FlowTraining, gen: torch.Generator
 ) -> torch.Tensor:
-    """`n` training sigmas: the sampling grid's with probability `grid_share`, else the
-    logit-normal (mean 0, std 1) moved by the scheduler's shift as sampling moves its grid."""
-    scheduler.set_timesteps(cfg.grid_steps)
-    grid = scheduler.sigmas[:-1].float()  # the last sigma (0) is the clean image
+    """`n` training sigmas: the sampling `grid`'s with probability `grid_share`, else the
+    logit-normal (mean 0, std 1) moved by the scheduler's `shift` as sampling moves its grid."""
     on_grid = grid[torch.randint(len(grid), (n,), generator=gen)]
     u = torch.sigmoid(torch.randn(n, generator=gen))
-    shift = float(scheduler.config.shift)
     shifted = shift * u / (1 + (shift - 1) * u)
     pick = torch.rand(n, generator=gen) < cfg.grid_share
     return torch.where(pick, on_grid, shifted)
@@ -72,6 +75,8 @@ def train_flow(
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
     ema = _Ema([transformer], cfg.ema_decay)
+    grid = sampling_grid(scheduler, cfg.grid_steps)
+    shift = float(scheduler.config.shift)
     running = None
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2)
     for step in bar:
@@ -80,7 +85,7 @@ def train_flow(
         rows = torch.randint(len(caption_ids), (cfg.batch_size,), generator=gen)
         x0 = latents[rows]
         noise = torch.randn(x0.shape, generator=gen)
-        sigma = sigmas_for(scheduler, cfg.batch_size, cfg, gen)
+        sigma = sigmas_for(grid, shift, cfg.batch_size, cfg, gen)
         s = sigma.view(-1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
