@@ -17,8 +17,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from tqdm import tqdm
 
-from toyworld.train_unet import _Ema
-from toyworld.train_vae import lr_at, optimiser_step, smoothed
+from toyworld.train_vae import Ema, lr_at, optimiser_step, smoothed
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def train_flow(
     transformer.train()
     params = list(transformer.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
-    ema = _Ema([transformer], cfg.ema_decay)
+    ema = Ema([transformer], cfg.ema_decay)
     grid = sampling_grid(scheduler, cfg.grid_steps)
     shift = float(scheduler.config.shift)
     running = None

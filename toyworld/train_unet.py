@@ -8,7 +8,6 @@ weights (what is saved), and ~10 % empty captions so that classifier-free guidan
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +15,7 @@ from diffusers import DDIMScheduler, UNet2DConditionModel
 from tqdm import tqdm
 from transformers import CLIPTextModel
 
-from toyworld.train_vae import lr_at, optimiser_step, smoothed
+from toyworld.train_vae import Ema, lr_at, optimiser_step, smoothed
 
 
 @dataclass(frozen=True)
@@ -52,21 +51,6 @@ def _timesteps(
     on_grid = grid[torch.randint(len(grid), (n,), generator=gen)]
     pick = torch.rand(n, generator=gen) < grid_share
     return torch.where(pick, on_grid, uniform).clamp(max=total - 1)
-
-
-class _Ema:
-    def __init__(self, modules: list[torch.nn.Module], decay: float):
-        self.decay = decay
-        self.shadow = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
-        self.count = 0
-
-    @torch.no_grad()
-    def update(self, modules: list[torch.nn.Module]) -> None:
-        self.count += 1
-        d = min(self.decay, (1 + self.count) / (10 + self.count))
-        for shadow, live in zip(self.shadow, modules, strict=True):
-            for s, p in zip(shadow.parameters(), live.parameters(), strict=True):
-                s.lerp_(p, 1 - d)
 
 
 def train_unet(
@@ -114,7 +98,7 @@ def train_unet(
         groups.append({"params": list(text_encoder.parameters()), "scale": cfg.text_lr_scale})
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-2)
-    ema = _Ema(modules, cfg.ema_decay)
+    ema = Ema(modules, cfg.ema_decay)
     running = None
     bar = tqdm(range(cfg.steps), desc=desc, disable=not progress, mininterval=2)
     for step in bar:

@@ -7,6 +7,7 @@ makes) converges in a few minutes on a CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -52,6 +53,24 @@ def lr_at(step: int, steps: int, lr: float, warmup: int = 50) -> float:
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, steps - warmup)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+class Ema:
+    """An exponential moving average of `modules`' weights (the copies in `shadow` are what
+    the toy trainers save); the decay ramps up over the first steps."""
+
+    def __init__(self, modules: list[torch.nn.Module], decay: float):
+        self.decay = decay
+        self.shadow = [copy.deepcopy(m).eval().requires_grad_(False) for m in modules]
+        self.count = 0
+
+    @torch.no_grad()
+    def update(self, modules: list[torch.nn.Module]) -> None:
+        self.count += 1
+        d = min(self.decay, (1 + self.count) / (10 + self.count))
+        for shadow, live in zip(self.shadow, modules, strict=True):
+            for s, p in zip(shadow.parameters(), live.parameters(), strict=True):
+                s.lerp_(p, 1 - d)
 
 
 def train_vae(
