@@ -8,8 +8,9 @@ import json
 import pytest
 
 from configs.load import DEFAULT_PRESET
-from learner.experiment import BEGIN, DDPO_PRESET, END, replace_block
+from learner.experiment import DDPO_PRESET
 from learner.experiment import main as experiment_main
+from learner.experiment_report import BEGIN, END, replace_block
 from toyworld.prompts import load_prompts
 
 _tiny_train = "toyworld/prompts/binding_train.txt"
@@ -154,7 +155,7 @@ def test_the_shipped_presets_spend_equal_budgets():
     """`python -m learner.experiment` with no arguments compares the two toy presets: they
     must agree on everything `budget` checks, the number of images above all."""
     from configs.load import load_config
-    from learner.experiment import Arm, budget, check_budgets
+    from learner.experiment_plan import Arm, budget, check_budgets
 
     arms = [Arm(p.stem, p, load_config(p)) for p in (DEFAULT_PRESET, DDPO_PRESET)]
     check_budgets(arms)  # raises on any difference
@@ -174,7 +175,8 @@ def test_summary_statistics_and_table():
     from pathlib import Path
 
     from configs.load import load_config
-    from learner.experiment import Arm, summarise, summary_markdown
+    from learner.experiment_plan import Arm
+    from learner.experiment_report import summarise, summary_markdown
 
     def result(acc_train, acc_test):
         split = lambda acc: {  # noqa: E731

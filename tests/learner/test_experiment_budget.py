@@ -9,7 +9,9 @@ import pytest
 
 from configs.load import DEFAULT_PRESET, load_config
 from learner.budget import counted, predicted_unet, stages_for, trained_share
-from learner.experiment import DDPO_PRESET, load_arms, parse_args, train_runs
+from learner.experiment import DDPO_PRESET, parse_args
+from learner.experiment_plan import load_arms
+from learner.experiment_runs import train_runs
 
 TINY = [
     "sampling.num_steps=4",

@@ -14,7 +14,7 @@ RECIPES = sorted(Path("configs/recipes").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
 def test_shipped_recipes_load_and_their_presets_compare(path):
-    from learner.experiment import load_arms
+    from learner.experiment_plan import load_arms
 
     r = recipe.load_recipe(path)
     load_arms([Path(p) for p in r.presets], r.overrides)  # equal budgets, valid overrides
