@@ -7,7 +7,7 @@ generalisation. "binding": two objects whose colour-shape pairs in test are unus
 swapped object orders and unusual pairs; "all": both. "unusual": the binding test prompts
 split in two (odd lines train, even lines test), five colour-shape combinations that are
 not pretraining captions to train and five others held out: the default presets' set. The
-build's late exposure (`toyworld.build.BuildSettings.exposure`) shows the UNet the five
+build's late exposure (`toyworld.build_settings.BuildSettings.exposure`) shows the UNet the five
 train ones after pretraining, less than a pretraining caption, so that the pretrained model
 draws them sometimes (as Stable Diffusion has seen most of what it is asked for a little)
 and RL has room; so five of the ten "binding" (and "all") test prompts are seen late by the

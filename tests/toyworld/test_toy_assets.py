@@ -135,11 +135,12 @@ def test_shipped_assets_are_the_build_settings_of_the_code():
     from dataclasses import asdict
 
     from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
-    from toyworld.build import FULL, _recorded_match
+    from toyworld.build_record import recorded_match
+    from toyworld.build_settings import FULL
     from toyworld.prompts import load_prompts
 
     b = json.loads((ASSETS_DIR / "baselines.json").read_text())
-    assert _recorded_match(b["training"]["settings"], asdict(FULL))
+    assert recorded_match(b["training"]["settings"], asdict(FULL))
     assert FULL.exposure.steps > 0 and b["times_s"]["exposure"] > 0
     shown = load_prompts(PROJECT_ROOT / load_config(DEFAULT_PRESET).prompts.train)
     assert b["training"]["pipeline"]["exposed_prompts"] == shown

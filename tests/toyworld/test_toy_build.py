@@ -11,7 +11,7 @@ import torch
 from configs.load import DEFAULT_PRESET, PROJECT_ROOT, load_config
 from configs.schema import ModelConfig
 from diffusion.pipeline import load_model
-from toyworld import build, report
+from toyworld import build, build_models, build_settings, report
 from toyworld.clip import ASSETS_DIR, CHECKPOINT_NAME, ToyClipScorer, register_toy_clip
 from toyworld.grammar import parse
 from toyworld.prompts import load_prompts
@@ -102,7 +102,7 @@ def test_latent8_world_shapes():
     import torch
 
     from toyworld import models
-    from toyworld.build import LATENT8
+    from toyworld.build_settings import LATENT8
 
     size = LATENT8.pipeline
     vae, unet = models.build_vae(size), models.build_unet(size)
@@ -135,7 +135,7 @@ def test_exposure_trains_the_frozen_pretrained_unet_further():
     from toyworld import models
     from toyworld.render import make_dataset
 
-    s = build.MICRO
+    s = build_settings.MICRO
     torch.manual_seed(0)
     vae, unet = models.build_vae(s.pipeline), models.build_unet(s.pipeline)
     text = models.build_text_encoder(s.pipeline)
@@ -143,7 +143,7 @@ def test_exposure_trains_the_frozen_pretrained_unet_further():
     before = {k: v.clone() for k, v in unet.state_dict().items()}
     images, labels = make_dataset(["a red circle", "a blue square"], 2, seed=0)
     tokenizer = clip_tokenizer(s.pipeline.max_length)
-    out, _, stats = build.expose(unet, text, tokenizer, vae, images, labels, s, 0, False)
+    out, _, stats = build_models.expose(unet, text, tokenizer, vae, images, labels, s, 0, False)
     assert any(not torch.equal(before[k], v) for k, v in out.state_dict().items())
     assert stats["exposed_prompts"] == load_prompts(
         PROJECT_ROOT / load_config(DEFAULT_PRESET).prompts.train

@@ -2,7 +2,7 @@
 
     python docs/experiments/2026-11-27-base-range/shape_clip.py --out DIR [--threads 2]
 
-The shipped CLIP's recipe (`toyworld.build`'s `build_clip`, seed 0) with more shape hard
+The shipped CLIP's recipe (`toyworld.build_models.build_clip`, seed 0) with more shape hard
 negatives (`ClipTraining.reshape_share=0.3`: the anchor's own scene with one object's shape
 changed in place, colour, position and size kept, the image a wrong-shape sample is;
 `shape_weight=3`: the caption-level shape near miss three times as often as the other
@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from toyworld.baselines import clip_retrieval
-from toyworld.build import FULL, build_clip
+from toyworld.build_models import build_clip
+from toyworld.build_settings import FULL
 from toyworld.clip import CLIP_DIR, ToyClipScorer
 
 SHAPE_NEGATIVES = replace(FULL, clip=replace(FULL.clip, reshape_share=0.3, shape_weight=3.0))

@@ -29,7 +29,8 @@ from diffusers import UNet2DConditionModel
 
 from configs.load import DEFAULT_PRESET, load_config
 from diffusion.pipeline import load_model
-from toyworld.build import FULL, expose
+from toyworld.build_models import expose
+from toyworld.build_settings import FULL
 from toyworld.evaluate import sample_with
 from toyworld.prompts import load_prompts, pretraining_captions, prompt_file
 from toyworld.render import make_dataset

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import torch
 
-from toyworld import build as b
+from toyworld import build_models, build_record, build_settings
 
 torch.set_num_threads(2)
 out, scale = Path(sys.argv[1]), float(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
 shutil.copytree("toyworld/assets/clip", out / "clip", dirs_exist_ok=True)
-s = dataclasses.replace(b.FULL, unet=dataclasses.replace(b.FULL.unet, text_lr_scale=scale))
+s = dataclasses.replace(
+    build_settings.FULL, unet=dataclasses.replace(build_settings.FULL.unet, text_lr_scale=scale)
+)
 t = time.perf_counter()
-pipe = b.build_pipeline(out, s, 0, True)
-measured = b.measure(out, s, 0, True, out / "samples.png")
+pipe = build_models.build_pipeline(out, s, 0, True)
+measured = build_record.measure(out, s, 0, True, out / "samples.png")
 record = {
     "text_lr_scale": scale,
     "pipeline_stats": pipe["stats"],
