@@ -137,6 +137,37 @@ def latents_of(pipe: StableDiffusion3Pipeline, images: np.ndarray) -> torch.Tens
     return (mean - cfg.shift_factor) * cfg.scaling_factor
 
 
+def expose(
+    pipe: StableDiffusion3Pipeline,
+    transformer: torch.nn.Module,
+    latents: torch.Tensor,
+    labels: list,
+    training: FlowTraining,
+    renders: int,
+    data_seed: int,
+    train_seed: int,
+    progress: bool,
+) -> tuple[torch.nn.Module, dict, list[str]]:
+    """The late exposure: go on training on the pretraining data plus `renders` renders of
+    each of the preset's train prompts. Returns the transformer, its stats and the prompts."""
+    shown = load_prompts(PROJECT_ROOT / load_config(PRESET).prompts.train)
+    extra, extra_labels = make_dataset(shown, renders, seed=data_seed)
+    both = torch.cat([latents, latents_of(pipe, extra)])
+    transformer.requires_grad_(True)  # the EMA copy is frozen
+    transformer, out = train_flow(
+        transformer,
+        pipe.scheduler,
+        both,
+        labels + extra_labels,
+        encoder(pipe),
+        training,
+        train_seed,
+        progress,
+        desc="exposure",
+    )
+    return transformer, out, shown
+
+
 def train(pipe: StableDiffusion3Pipeline, s: FlowWorld, seed: int, progress: bool) -> dict:
     times, stats = {}, {}
     t = time.perf_counter()
@@ -153,20 +184,16 @@ def train(pipe: StableDiffusion3Pipeline, s: FlowWorld, seed: int, progress: boo
     times["transformer"] = round(time.perf_counter() - t, 1)
     if s.exposure.steps > 0:
         t = time.perf_counter()
-        shown = load_prompts(PROJECT_ROOT / load_config(PRESET).prompts.train)
-        extra, extra_labels = make_dataset(shown, s.exposure_renders, seed=seed + 100)
-        both = torch.cat([latents, latents_of(pipe, extra)])
-        transformer.requires_grad_(True)  # the EMA copy is frozen
-        transformer, out = train_flow(
+        transformer, out, shown = expose(
+            pipe,
             transformer,
-            pipe.scheduler,
-            both,
-            labels + extra_labels,
-            encode,
+            latents,
+            labels,
             s.exposure,
-            seed + 2,
-            progress,
-            desc="exposure",
+            s.exposure_renders,
+            data_seed=seed + 100,
+            train_seed=seed + 2,
+            progress=progress,
         )
         stats["exposure_mse"] = out["transformer_mse"]
         stats["exposed_prompts"] = shown
