@@ -9,8 +9,10 @@ of that stage through `RayLearnerGroup` with each number of `runtime.learner_wor
 `runtime.learner_threads` threads each (default 1), every group restored to the same
 starting state before each timed update (repeats alternate between the groups). It prints
 the seconds (best of the repeats), the ratio to one worker, the bytes each rank all-reduced
-per optimizer step against the LoRA's gradient size, and how far each group's LoRA is from
-one worker's. With --doc the numbers go to the end of the "Learner workers" section.
+per optimizer step against the LoRA's gradient size, how far each group's LoRA is from one
+worker's, and how many of the selected trajectories each rank was handed (the rows it
+trains, `learner.update_plan.held_rows`). With --doc the numbers go to the end of the
+"Learner workers" section.
 
 `python -m bench.scale --model [...]` runs the stage-time model instead (`bench.scale_report`:
 the preset on 1 to 64 GPUs from bench.gpu's per-GPU rates; no Ray, seconds).
@@ -24,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.stage import record, run_meta
@@ -71,12 +74,15 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
         logging_level="warning",
     )
     try:
-        ref = ray.put(batch)
-        groups = {}
+        selected = Selected(adv, sel)
+        groups, parts, held = {}, {}, {}
         for n in workers:
             rt = cfg.runtime.model_copy(update={"learner_workers": n, "learner_cpus": 1})
             groups[n] = RayLearnerGroup(cfg.model_copy(update={"runtime": rt}))
             groups[n].connect()
+            # each rank is handed only the rows it trains (`batch` holds the selected rows)
+            held[n] = [np.searchsorted(sel.index, h) for h in groups[n].held_rows(stage, selected)]
+            parts[n] = [[ray.put(batch.select(torch.as_tensor(h)))] for h in held[n]]
         start = {n: g.state(-1, 0) for n, g in groups.items()}
         seconds: dict[int, list[float]] = {n: [] for n in workers}
         cpu: dict[int, list[list[float]]] = {n: [] for n in workers}
@@ -86,7 +92,7 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
                 g.restore(start[n], "bench start")
                 before, cpu0 = g.comm_bytes(), g.cpu_seconds()
                 t0 = time.perf_counter()
-                stats = g.update(stage, Selected(adv, sel), [ref])
+                stats = g.update(stage, selected, parts[n])
                 seconds[n].append(time.perf_counter() - t0)
                 after, cpu1 = g.comm_bytes(), g.cpu_seconds()
                 cpu[n].append([b - a for a, b in zip(cpu0, cpu1, strict=True)])
@@ -127,6 +133,7 @@ def measure(cfg: Config, stage: int, workers: list[int], repeats: int) -> dict:
             "cpu_seconds_per_rank": cpu[n],  # per repeat, per rank
             "cpu_ratio_to_base": min(max(c) for c in cpu[n]) / min(max(c) for c in cpu[base]),
             "optimizer_steps": out[n]["stats"]["optimizer_steps"],
+            "rows_per_rank": [len(h) for h in held[n]],
             "grad_bytes_per_step": out[n]["grad_bytes_per_step"],
             "other_bytes_per_update": out[n]["other_bytes"],
             "max_lora_difference": max(
@@ -154,6 +161,9 @@ def report(r: dict, threads: int) -> str:
             f"| {busiest:18.2f} {w['cpu_ratio_to_base']:5.2f} | {w['optimizer_steps']:>5}  "
             f"{per:<36}{w['max_lora_difference']:.1e}"
         )
+    for n, w in r["workers"].items():
+        held = ", ".join(str(k) for k in w.get("rows_per_rank", []))
+        lines.append(f"{n:>7} workers: trajectories each rank fetched ({held})")
     return "\n".join(lines)
 
 

@@ -55,9 +55,6 @@ class Collective:
     def max(self, value: float) -> float:
         return value
 
-    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        return tensor
-
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         pass
 
@@ -108,9 +105,6 @@ class ProcessGroup(Collective):
 
     def max(self, value: float) -> float:
         return float(self._all_reduce(torch.tensor([value]), self.dist.ReduceOp.MAX))
-
-    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
-        return self._all_reduce(tensor, self.dist.ReduceOp.SUM)
 
     def sum_grads(self, params: list[torch.nn.Parameter]) -> None:
         """All-reduce (SUM) the parameters' gradients in one flat buffer; a rank that had

@@ -35,6 +35,7 @@ from learner.records import (
     Selected,
 )
 from learner.update import UpdateStats
+from learner.update_plan import held_rows
 
 RewardFn = Callable[[torch.Tensor, list[str]], np.ndarray]
 
@@ -79,8 +80,12 @@ class LearnerGroup(Protocol):
 
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected: ...
 
-    def update(self, stage: int, selected: Selected, parts: list) -> UpdateStats:
-        """Train on the selected rows; `parts` hold exactly those rows, in order."""
+    def held_rows(self, stage: int, selected: Selected) -> list[np.ndarray]:
+        """Each rank's rows of the selection (stage row numbers, ascending): the rows it
+        trains (`learner.update_plan.held_rows`), what it must be handed."""
+
+    def update(self, stage: int, selected: Selected, parts: list[list]) -> UpdateStats:
+        """Train on the selected rows; `parts[r]` hold rank r's `held_rows`, in order."""
 
 
 @dataclass
@@ -182,5 +187,9 @@ class InProcessLearner:
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
         return self.worker.select(stage, rows, rewards)
 
-    def update(self, stage: int, selected: Selected, parts: list) -> UpdateStats:
-        return self.worker.update(stage, selected, *parts)
+    def held_rows(self, stage: int, selected: Selected) -> list[np.ndarray]:
+        return held_rows(self.worker.cfg, selected.selection, stage, 1)
+
+    def update(self, stage: int, selected: Selected, parts: list[list]) -> UpdateStats:
+        (mine,) = parts
+        return self.worker.update(stage, selected, *mine)

@@ -24,6 +24,7 @@ from learner.checkpoint import LearnerState
 from learner.learner_worker import LearnerWorker
 from learner.records import PublishedWeights, Rows, Selected
 from learner.update import UpdateStats
+from learner.update_plan import held_rows
 
 
 class LearnerDivergedError(RuntimeError):
@@ -124,13 +125,17 @@ class RayLearnerGroup:
     def select(self, stage: int, rows: Rows, rewards: np.ndarray) -> Selected:
         return self._get([self.lead.select.remote(stage, rows, rewards)])[0]
 
+    def held_rows(self, stage: int, selected: Selected) -> list[np.ndarray]:
+        return held_rows(self.cfg, selected.selection, stage, len(self.ranks))
+
     def update(
-        self, stage: int, selected: Selected, parts: list[ray.ObjectRef | TrajectoryBatch]
+        self, stage: int, selected: Selected, parts: list[list[ray.ObjectRef | TrajectoryBatch]]
     ) -> UpdateStats:
-        """Every rank gets every selected trajectory (its shard changes with each epoch's
-        shuffle) and returns the same stats; rank 0's are returned."""
+        """Rank r fetches only parts[r], the trajectories it trains (`held_rows`); every
+        rank returns the same stats, rank 0's are returned."""
         ref = ray.put(selected)
-        refs = [a.update.remote(stage, ref, *parts) for a in self.ranks]
+        ranks = zip(self.ranks, parts, strict=True)
+        refs = [a.update.remote(stage, ref, *mine) for a, mine in ranks]
         if self.on_submit is not None:
             self.on_submit("learner", stage, 0, self.ranks)
         return self._get(refs)[0]

@@ -63,12 +63,14 @@ class LearnerWorker:
         return Selected(adv, select(self.cfg.selection, rows.trunk_ids, adv))
 
     def update(self, stage: int, selected: Selected, *parts: TrajectoryBatch) -> UpdateStats:
-        """Train on the selected rows only; `parts` hold exactly selection.index's rows."""
-        parts = [p for p in parts if len(p)]
-        if not parts:
+        """Train on the selected rows; `parts` hold this rank's rows of them in ascending
+        order: with one rank all of selection.index, with N `held_rows` of the compact
+        selection (a rank that trains none is handed an empty part, for the shapes)."""
+        sel = selected.selection
+        parts = [p for p in parts if len(p)] or list(parts[:1])
+        if len(sel.index) == 0 or not parts:
             self.version += 1
             return UpdateStats()
-        sel = selected.selection
         batch = TrajectoryBatch.cat(parts)
         stats = self.trainer.update(batch, selected.advantages[sel.index], compact(sel), stage)
         self.version += 1

@@ -18,7 +18,7 @@ import torch
 from configs.schema import Config
 from diffusion.pipeline import DiffusionModel
 from diffusion.trajectory import TrajectoryBatch
-from learner.distributed import Collective, shard
+from learner.distributed import Collective
 
 
 class Policy:
@@ -111,26 +111,25 @@ class Policy:
         """`_base_mean` of every interval transition of `rows` [len(rows), s, ...], once
         per stage: the LoRA is off, so they do not change over the update's epochs. Kept
         on the CPU in float32 (at SD-1.4 scale, 512 selected trajectories x 20 steps of
-        4x64x64 latents: 0.7 GB). Each rank computes its shard and the ranks sum the
-        zero-padded results (x + 0 is exact, so every rank holds the owners' values)."""
-        group, rows_t = self.group, torch.as_tensor(rows)
-        mine = shard(np.full(len(rows), batch.interval), group.size)[group.rank]
+        4x64x64 latents: 0.7 GB). Each rank computes those of the rows it holds (a row in
+        two ranks' shares, in different epochs, is computed by both)."""
+        rows_t = torch.as_tensor(rows)
         out = torch.zeros((len(rows), batch.interval, *batch.chain.shape[2:]))
         bs = self._micro_batch()
-        for lo in range(0, len(mine), bs):
-            at = torch.as_tensor(mine[lo : lo + bs])
+        for lo in range(0, len(rows), bs):
+            at = torch.arange(lo, min(lo + bs, len(rows)))
             sub = rows_t[at]
             cond = torch.stack([emb[batch.prompts[r]] for r in sub.tolist()])
             for j in range(batch.interval):
                 x = batch.chain[sub, j].to(self.model.device, self.model.dtype)
                 t = batch.timesteps[torch.full_like(sub, j)]
                 out[at, j] = self._base_mean(x, t, cond, uncond).cpu()
-        return out if group.size == 1 else group.sum_tensor(out)
+        return out
 
     def _embeddings(self, batch: TrajectoryBatch) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Each distinct prompt's conditioning, and the empty prompt's."""
         unique = list(dict.fromkeys(batch.prompts))
-        enc = self.model.encode_prompts(unique)
+        enc = self.model.encode_prompts(unique) if unique else []  # a rank may hold no rows
         return {p: enc[i] for i, p in enumerate(unique)}, self.model.encode_prompts([""])
 
     def _step_index(self, timesteps: torch.Tensor) -> list[int]:

@@ -144,6 +144,14 @@ class StageRecord:
         return out
 
 
+def rank_picks(rows: Rows, mine: np.ndarray, selected: Selected) -> dict[int, list[int]]:
+    """A learner rank's rows as {chunk: positions}; a rank that trains none of a non-empty
+    selection gets an empty part of one chunk (the batch's shapes, no rows)."""
+    if len(mine) or not len(selected.selection.index):
+        return rows.picks(mine)
+    return {int(rows.chunks[selected.selection.index[0]]): []}
+
+
 def run_stage(
     groups: StageGroups, cfg: Config, prompts: list[str], stage: int, grid: bool = False
 ) -> StageRecord:
@@ -174,8 +182,8 @@ def run_stage(
     }
     selected = groups.learner.select(stage, rows, rewards)
     t_selected = time.perf_counter()
-    index = selected.selection.index
-    parts = groups.rollouts.take(stage, rows.picks(index))
+    held = groups.learner.held_rows(stage, selected)
+    parts = [groups.rollouts.take(stage, rank_picks(rows, mine, selected)) for mine in held]
     update = groups.learner.update(stage, selected, parts)
     t_updated = time.perf_counter()
 
@@ -190,7 +198,7 @@ def run_stage(
         unet_calls=calls,
         unet_evaluations=evaluations,
         rollout_restarts=groups.rollouts.restarts - restarts,
-        bytes_to_learner=len(index) * row_bytes,
+        bytes_to_learner=sum(len(mine) for mine in held) * row_bytes,
         seconds={
             "weight_sync": t_sync - t0,
             "rollout": t_sampled - t_sync,

@@ -4,8 +4,10 @@ Training units are selected trajectories (PPO) or (best, worst) pairs of one tru
 (pairwise). Each epoch shuffles the units and, per unit, the order of its interval steps;
 a batch of units is pushed through one shuffled step at a time, and the gradient of all
 its steps (and `grad_accum` batches) is summed before one optimizer step.
-With N data-parallel ranks (`learner.distributed`) each rank takes its shard of every
-batch and the gradients are all-reduced before the step: the same update as one rank.
+With N data-parallel ranks (`learner.distributed`) each rank takes its share of every
+batch and the gradients are all-reduced before the step: the same update as one rank. The
+batches are known before the update (`learner.update_plan`), so a rank is handed only the
+rows it trains.
 Memory options change how, not what: `train.micro_batch` cuts a rank's shard into pieces
 whose gradients add up to the shard's, `train.gradient_checkpointing` recomputes the UNet's
 activations in the backward pass, and `model.autocast` (`diffusion.pipeline.set_autocast`)
@@ -24,14 +26,14 @@ import torch
 from configs.schema import Config
 from diffusion.lora import attach_lora, load_lora_state, lora_parameters, lora_state
 from diffusion.pipeline import DiffusionModel
-from diffusion.sampler import derive_seed
 from diffusion.trajectory import TrajectoryBatch
 from learner import losses, onpolicy
-from learner.distributed import Collective, mean_share, shard
+from learner.distributed import Collective, mean_share
 from learner.ema import LoraAverage
 from learner.policy import Policy
 from learner.selection import Selection
 from learner.update_parts import Tally, UpdateStats, Work
+from learner.update_plan import epoch_batches, held_rows, rank_share, training_units, unit_costs
 
 
 class PolicyTrainer(Policy):
@@ -77,18 +79,32 @@ class PolicyTrainer(Policy):
     def update(
         self, batch: TrajectoryBatch, advantages: np.ndarray, selection: Selection, stage: int
     ) -> UpdateStats:
-        """One stage's optimisation over the selected samples of `batch`. Every rank of
-        `self.group` gets the whole batch and selection and trains its shard of each
-        batch; all ranks return the same stats and hold the same LoRA afterwards."""
-        pairwise = self.cfg.loss.name == "pairwise"
-        units = selection.pairs if pairwise else selection.index.reshape(-1, 1)
+        """One stage's optimisation over the selected samples. `selection` numbers the
+        rows and `advantages` are per row in that numbering. One rank is handed them all
+        (`batch`'s rows); rank r of N (`self.group`) only the rows it trains,
+        `held_rows(cfg, selection, stage, N)[r]`, in ascending order. Each rank trains its
+        share of each batch; all ranks return the same stats and hold the same LoRA."""
+        units = training_units(self.cfg, selection)
         stats = UpdateStats(samples=int(units.size))
         if len(units) == 0:
             return stats
+        group = self.group
+        if group.size > 1:
+            held = held_rows(self.cfg, selection, stage, group.size)[group.rank]
+            if len(batch) != len(held):
+                raise ValueError(
+                    f"stage {stage}: learner rank {group.rank} of {group.size} was handed "
+                    f"{len(batch)} trajectories; its share of the update needs {len(held)}"
+                )
+            local = np.full(len(advantages), -1, dtype=np.int64)  # row -> its place in batch
+            local[held] = np.arange(len(held))
+            units, advantages = local[units], advantages[held]
         work = self._prepare(batch, units, advantages, stats)
         tally, check = Tally(), onpolicy.RatioCheck()
         for epoch in range(self.cfg.train.epochs):
-            for unit_idx, step_plan, ends_step in self._plan_batches(work, stage, epoch):
+            for unit_idx, step_plan, ends_step in epoch_batches(
+                self.cfg, len(units), batch.interval, stage, epoch
+            ):
                 first = stats.optimizer_steps == 0  # the weights that sampled the batch
                 self._accumulate(work, unit_idx, step_plan, tally, check if first else None)
                 if not ends_step:
@@ -114,7 +130,9 @@ class PolicyTrainer(Policy):
         self, batch: TrajectoryBatch, units: np.ndarray, advantages: np.ndarray, stats
     ) -> Work:
         """What every term of the update shares: embeddings, advantages, step weights and,
-        with the KL penalty, the pretrained model's step means (once for all epochs)."""
+        with the KL penalty, the pretrained model's step means (once for all epochs, of the
+        rows this rank holds). `units` number `batch`'s rows (-1: a row another rank holds),
+        `advantages` are `batch`'s."""
         cfg = self.cfg
         self._set_checkpointing()
         self.model.scheduler.set_timesteps(cfg.sampling.num_steps, device="cpu")
@@ -123,7 +141,7 @@ class PolicyTrainer(Policy):
         work = Work(
             batch=batch,
             units=units,
-            unit_cost=np.full(len(units), s * units.shape[1]),  # trajectory-steps of each
+            unit_cost=unit_costs(units, s),
             advantages=torch.as_tensor(advantages, dtype=torch.float32),
             emb=emb,
             uncond=uncond,
@@ -133,10 +151,11 @@ class PolicyTrainer(Policy):
             guided=self.model.passes(cfg.sampling.guidance_scale),
         )
         if cfg.loss.kl_coef > 0:
-            kl_rows = np.unique(units)
+            kl_rows = np.unique(units[units >= 0])
             work.kl_pos = {int(r): i for i, r in enumerate(kl_rows)}
             work.base_means = self._base_means(batch, kl_rows, emb, uncond)
-            stats.update_unet_evaluations += len(kl_rows) * s * work.guided  # all ranks' shares
+            (evaluations,) = self.group.sum([float(len(kl_rows) * s * work.guided)])
+            stats.update_unet_evaluations += int(evaluations)  # all ranks'
         return work
 
     def _set_checkpointing(self) -> None:
@@ -146,29 +165,6 @@ class PolicyTrainer(Policy):
                 unet.enable_gradient_checkpointing()
             else:
                 unet.disable_gradient_checkpointing()
-
-    def _plan_batches(self, work: Work, stage: int, epoch: int):
-        """The epoch's optimizer batches: (units in shuffled order, every unit's shuffled
-        order of interval steps, whether an optimizer step follows: every `grad_accum`
-        batches and after the last)."""
-        order, step_plan = self._plan(len(work.units), work.batch.interval, stage, epoch)
-        bs, accum = self.cfg.train.batch_size, self.cfg.train.grad_accum
-        batches = [order[i : i + bs] for i in range(0, len(order), bs)]
-        for b, unit_idx in enumerate(batches):
-            yield unit_idx, step_plan, (b + 1) % accum == 0 or b == len(batches) - 1
-
-    def _plan(self, n_units: int, s: int, stage: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, stage, epoch, 0x5EED))
-        order = rng.permutation(n_units)
-        if self.cfg.train.shuffle_timesteps:
-            steps = (
-                np.stack([rng.permutation(s) for _ in range(n_units)])
-                if n_units
-                else np.zeros((0, s), int)
-            )
-        else:
-            steps = np.tile(np.arange(s), (n_units, 1))
-        return order, steps
 
     def _accumulate(
         self,
@@ -184,7 +180,9 @@ class PolicyTrainer(Policy):
         records the on-policy ratios."""
         s, group = work.batch.interval, self.group
         accum = self.cfg.train.grad_accum
-        mine = unit_idx[shard(work.unit_cost[unit_idx], group.size)[group.rank]]
+        mine = rank_share(unit_idx, work.unit_cost, group.rank, group.size)
+        if (work.units[mine] < 0).any():
+            raise RuntimeError(f"learner rank {group.rank}: a unit of its share is not held")
         for piece in self._pieces(mine):
             share = mean_share(len(piece), len(unit_idx))
             unit_rows = torch.as_tensor(work.units[piece])  # [b, 1 or 2]

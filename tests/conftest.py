@@ -89,9 +89,6 @@ class ThreadRanks(Collective):
     def max(self, value):
         return float(self._reduce(torch.tensor(value), lambda s: s.max()))
 
-    def sum_tensor(self, tensor):
-        return self._reduce(tensor, lambda s: s.sum(0))
-
     def sum_grads(self, params):
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = self._reduce(torch.cat([g.reshape(-1) for g in grads]), lambda s: s.sum(0))

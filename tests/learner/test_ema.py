@@ -140,6 +140,7 @@ def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks, 
     from diffusion.sampler import sample_branches
     from learner.selection import compact, select
     from learner.stage import sampler_settings
+    from learner.update_plan import held_rows
 
     cfg = _cfg(tiny_cfg, ema=0.6)
     cfg = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"kl_coef": 0.1})})
@@ -150,7 +151,10 @@ def test_two_ranks_count_and_average_as_one(tiny_model, tiny_cfg, thread_ranks, 
     batch, adv, sel = batch.select(torch.as_tensor(sel.index)), adv[sel.index], compact(sel)
     want = PolicyTrainer(copy.deepcopy(tiny_model), cfg).update(batch, adv, sel, stage=2)
     ranks = [PolicyTrainer(copy.deepcopy(tiny_model), cfg, g) for g in thread_ranks(2)]
-    got = in_threads([lambda t=t: t.update(batch, adv, sel, stage=2) for t in ranks])
+    mine = [batch.select(h) for h in held_rows(cfg, sel, 2, 2)]
+    pairs = zip(ranks, mine, strict=True)
+    jobs = [lambda t=t, b=b: t.update(b, adv, sel, stage=2) for t, b in pairs]
+    got = in_threads(jobs)
     assert got[0].update_unet_evaluations == got[1].update_unet_evaluations
     assert got[0].update_unet_evaluations == want.update_unet_evaluations > 0
     e0, e1 = ranks[0].ema_weights(), ranks[1].ema_weights()

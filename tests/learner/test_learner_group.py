@@ -67,8 +67,8 @@ def _rows(batch) -> Rows:
 
 def _train(group: RayLearnerGroup, stage: int, batch, rewards):
     selected = group.select(stage, _rows(batch), rewards)
-    index = torch.as_tensor(selected.selection.index)
-    return group.update(stage, selected, [batch.select(index)])
+    parts = [[batch.select(torch.as_tensor(h))] for h in group.held_rows(stage, selected)]
+    return group.update(stage, selected, parts)
 
 
 def _rank_weights(group: RayLearnerGroup) -> list[dict[str, torch.Tensor]]:

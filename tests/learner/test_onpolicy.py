@@ -16,6 +16,7 @@ from learner import onpolicy
 from learner.selection import Selection
 from learner.stage import sampler_settings
 from learner.update import PolicyTrainer
+from learner.update_plan import held_rows
 
 ADV = np.array([1.0, 0.1, -1.0, 0.9, -0.8, 0.0, 0.5, -0.2, -0.6])
 
@@ -32,6 +33,8 @@ def batch(tiny_model, tiny_cfg):
 
 def _update(model, cfg, batch, group=None):
     sel = Selection(np.arange(len(batch)), 4, 5, np.zeros((0, 2), int))
+    if group is not None:  # a rank is handed only the rows it trains
+        batch = batch.select(held_rows(cfg, sel, 2, group.size)[group.rank])
     return PolicyTrainer(copy.deepcopy(model), cfg, group).update(batch, ADV, sel, stage=2)
 
 

@@ -247,6 +247,18 @@ def test_colocated_and_separate_placements_give_the_same_run(
     assert _max_diff(_lora(two_rank_run), _lora(run_dir)) <= 1e-6
 
 
+def test_two_ranks_fetch_between_them_what_one_rank_fetches(reference_run, two_rank_run):
+    """With one epoch the ranks' rows partition the selection: each rank is handed only the
+    trajectories it trains (the first stage, where both runs hold the same weights)."""
+    _, ref_dir, _ = reference_run
+    ref, got = (
+        [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (ref_dir, two_rank_run)
+    )
+    assert ref[0]["positives"] + ref[0]["negatives"] > 0
+    assert got[0]["bytes_to_learner"] == ref[0]["bytes_to_learner"] > 0
+
+
 def test_a_learner_rank_killed_mid_update_costs_a_rebuild_not_the_run(
     two_rank_run, tiny_pipeline_dir, tmp_path
 ):
