@@ -8,7 +8,11 @@ For every preset and seed it trains a run (the path `learner.main` takes: a loca
 127.0.0.1, or the cluster in RAY_ADDRESS) into DIR/runs/<preset>-s<seed>, skipping runs
 that are complete and resuming those that are not, so an interrupted experiment continues
 where it stopped (the held-out prompts are not part of a run: `--set prompts.test=FILE`
-evaluates finished runs on other held-out prompts without training them again). It then
+evaluates finished runs on other held-out prompts without training them again). Every
+evaluated run also leaves its record, DIR/records/<preset>-s<seed> (config, summary,
+per-stage metrics, evaluations; no checkpoints): a run directory deleted since is restored
+from it, so the experiment grows by seeds or presets over several calls, on several
+machines, keeping only the records (`learner.experiment_records`). It then
 evaluates every final checkpoint and the untrained base model on the train and test prompts
 with the same noise (`learner.evaluate`, about 2,048 images in each split by default, so
 the small train split is measured as finely as the larger held-out one; the numbers also go
@@ -42,6 +46,7 @@ import time
 from pathlib import Path
 
 from configs.load import DEFAULT_PRESET
+from learner import experiment_records as records
 from learner.experiment_plan import SPLITS, ExperimentError, load_arms, plan
 from learner.experiment_report import (
     replace_block,
@@ -92,6 +97,7 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
             r = evaluate_once(
                 str(run_dir), None, test, run_dir / "eval", per_prompt, args.eval_seed, log
             )
+            records.keep(run_dir, out)
             results.setdefault(arm.name, []).append((seed, r))
     runs = [compare.load_run(d) for arm in arms for _, d in run_dirs[arm.name]]
     for r in runs:  # every curve starts at the base model
@@ -99,7 +105,12 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
     compare.plot_reward(runs, out)
     compare.plot_eval(runs, out)
     held_out = load_prompts(arms[0].cfg.prompts.test, "prompts.test")
-    compare.side_by_side(runs, out, seed=args.eval_seed, prompts=held_out)
+    drawn = [r for r in runs if records.has_checkpoint(r.run_dir)]
+    if len(drawn) < len(runs):
+        left = ", ".join(r.label for r in runs if not records.has_checkpoint(r.run_dir))
+        log(f"side_by_side.png leaves out the runs without checkpoints: {left}")
+    if drawn:
+        compare.side_by_side(drawn, out, seed=args.eval_seed, prompts=held_out)
     compare.write_table(runs, out)
     summary = summarise(arms, results, base)
     for arm in arms:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from configs.load import load_config
 from configs.schema import Config
+from learner import experiment_records as records
 
 SPLITS = ("train", "test")
 
@@ -116,5 +117,6 @@ def plan(
             if stages and arm.name in stages:
                 where.append(f"stages={stages[arm.name]}")
             cfg = load_config(arm.path, [*overrides, *where])
+            records.restore(run_dir, out)  # a deleted run directory, from its record
             runs.append(Planned(arm, seed, cfg, run_dir, _complete(run_dir, cfg)))
     return runs

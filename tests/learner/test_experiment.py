@@ -4,6 +4,7 @@ tiny random pipeline, through a local Ray; the statistics over seeds on their ow
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -131,6 +132,32 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
     third = json.loads((out / "summary.json").read_text())
     assert third["base"]["train"] == summary["base"]["train"]
     assert third["base"]["test"] != summary["base"]["test"]
+
+    # every run's record (no checkpoints): a run directory deleted since is restored from
+    # it and reported as before, without training or evaluating it again
+    for name in ("toy_b2", "toy_ddpo"):
+        record = out / "records" / f"{name}-s7"
+        assert {p.name for p in record.iterdir()} == {
+            "config.yaml",
+            "summary.json",
+            "metrics.jsonl",
+            "eval",
+        }
+        assert not list((out / "records").glob(".*"))  # no temporary leftovers
+    shutil.rmtree(out / "runs" / "toy_b2-s7")
+    capsys.readouterr()
+    assert experiment_main([*argv, f"prompts.test={spatial}"]) == 0
+    log = capsys.readouterr().out
+    assert "toy_b2-s7: complete, kept (from its record, no checkpoints)" in log
+    assert log.count("evaluation kept") == 3 and "evaluating" not in log
+    assert "side_by_side.png leaves out the runs without checkpoints: toy_b2-s7" in log
+    fourth = json.loads((out / "summary.json").read_text())
+    assert fourth["presets"]["toy_b2"]["splits"] == third["presets"]["toy_b2"]["splits"]
+    # what the record does not hold needs the checkpoint: one line, nothing trained
+    assert experiment_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "toy_b2-s7: no checkpoint (restored from its record)" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_held_out_prompts_are_not_part_of_a_run():
