@@ -76,11 +76,14 @@ def run_experiment(args: argparse.Namespace, log=print) -> dict:
         arms[0].cfg, list(SPLITS), args.images_per_prompt, args.images_per_split
     )
     out: Path = args.out
-    plan(arms, args.seeds, out, args.overrides)  # a run made with another config stops here
+    # a run made with another config stops here
+    planned = plan(arms, args.seeds, out, args.overrides)
     out.mkdir(parents=True, exist_ok=True)
     import ray
 
-    started = connect(arms[0].cfg)  # one Ray for all runs
+    # one Ray for all runs; none where nothing trains (every run at equal images complete)
+    done = args.budget == "images" and all(run.complete for run in planned)
+    started = False if done else connect(arms[0].cfg)
     try:
         run_dirs, budget_info = train_runs(arms, args, log)
     finally:

@@ -146,6 +146,11 @@ def test_experiment_trains_evaluates_and_writes_the_summary(
         assert not list((out / "records").glob(".*"))  # no temporary leftovers
     shutil.rmtree(out / "runs" / "toy_b2-s7")
     capsys.readouterr()
+
+    def no_ray(cfg):
+        raise AssertionError("nothing trains: no Ray is started")
+
+    monkeypatch.setattr("learner.run.connect", no_ray)
     assert experiment_main([*argv, f"prompts.test={spatial}"]) == 0
     log = capsys.readouterr().out
     assert "toy_b2-s7: complete, kept (from its record, no checkpoints)" in log
