@@ -80,7 +80,7 @@ class TrajectoryBatch:
     @staticmethod
     def cat(batches: list[TrajectoryBatch]) -> TrajectoryBatch:
         """Concatenate, ordered by (trunk id, branch id) so results never depend on
-        which worker produced which part."""
+        which worker produced which part. Parts without rows keep the interval."""
         if not batches:
             raise ValueError("no trajectory batches to concatenate")
         steps = batches[0].timesteps
@@ -96,5 +96,6 @@ class TrajectoryBatch:
             log_probs=torch.cat([b.log_probs for b in batches]),
             images=torch.cat([b.images for b in batches]),
         )
-        key = joined.trunk_ids * (int(joined.branch_ids.max()) + 1) + joined.branch_ids
+        width = int(joined.branch_ids.max()) + 1 if len(joined) else 1
+        key = joined.trunk_ids * width + joined.branch_ids
         return joined.select(torch.argsort(key))

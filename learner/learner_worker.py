@@ -67,7 +67,6 @@ class LearnerWorker:
         order: with one rank all of selection.index, with N `held_rows` of the compact
         selection (a rank that trains none is handed an empty part, for the shapes)."""
         sel = selected.selection
-        parts = [p for p in parts if len(p)] or list(parts[:1])
         if len(sel.index) == 0 or not parts:
             self.version += 1
             return UpdateStats()

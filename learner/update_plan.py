@@ -27,17 +27,32 @@ def training_units(cfg: Config, selection: Selection) -> np.ndarray:
     return np.asarray(selection.index, dtype=np.int64).reshape(-1, 1)
 
 
+def _epoch_rng(cfg: Config, stage: int, epoch: int) -> np.random.Generator:
+    return np.random.default_rng(derive_seed(cfg.seed, stage, epoch, 0x5EED))
+
+
+def epoch_order(cfg: Config, n_units: int, stage: int, epoch: int) -> np.ndarray:
+    """The epoch's units in shuffled order (the first draw of the epoch's generator)."""
+    return _epoch_rng(cfg, stage, epoch).permutation(n_units)
+
+
 def epoch_plan(
     cfg: Config, n_units: int, interval: int, stage: int, epoch: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(the units in shuffled order, each unit's order of its `interval` steps)."""
-    rng = np.random.default_rng(derive_seed(cfg.seed, stage, epoch, 0x5EED))
+    rng = _epoch_rng(cfg, stage, epoch)
     order = rng.permutation(n_units)
     if not cfg.train.shuffle_timesteps:
         return order, np.tile(np.arange(interval), (n_units, 1))
     if not n_units:
         return order, np.zeros((0, interval), int)
     return order, np.stack([rng.permutation(interval) for _ in range(n_units)])
+
+
+def optimizer_batches(cfg: Config, order: np.ndarray) -> list[np.ndarray]:
+    """An epoch's shuffled units cut into optimizer batches of `train.batch_size`."""
+    bs = cfg.train.batch_size
+    return [order[i : i + bs] for i in range(0, len(order), bs)]
 
 
 def epoch_batches(
@@ -47,8 +62,8 @@ def epoch_batches(
     order of interval steps, whether an optimizer step follows: every `grad_accum`
     batches and after the last)."""
     order, step_plan = epoch_plan(cfg, n_units, interval, stage, epoch)
-    bs, accum = cfg.train.batch_size, cfg.train.grad_accum
-    batches = [order[i : i + bs] for i in range(0, len(order), bs)]
+    batches = optimizer_batches(cfg, order)
+    accum = cfg.train.grad_accum
     for b, unit_idx in enumerate(batches):
         yield unit_idx, step_plan, (b + 1) % accum == 0 or b == len(batches) - 1
 
@@ -74,7 +89,7 @@ def held_rows(cfg: Config, selection: Selection, stage: int, ranks: int) -> list
     cost = unit_costs(units, 1)  # every unit of a stage spans the same interval
     mine: list[set[int]] = [set() for _ in range(ranks)]
     for epoch in range(cfg.train.epochs):
-        for unit_idx, _, _ in epoch_batches(cfg, len(units), 1, stage, epoch):
+        for unit_idx in optimizer_batches(cfg, epoch_order(cfg, len(units), stage, epoch)):
             for r in range(ranks):
                 mine[r].update(units[rank_share(unit_idx, cost, r, ranks)].ravel().tolist())
     return [np.array(sorted(m), dtype=np.int64) for m in mine]

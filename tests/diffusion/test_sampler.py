@@ -71,6 +71,20 @@ def test_same_seed_same_samples_and_split_over_workers(tiny_model, tiny_cfg):
     assert not torch.allclose(other_stage.chain[:, 0], whole.chain[:, 0])
 
 
+def test_parts_without_rows_join_and_keep_the_interval(tiny_model):
+    from diffusion.trajectory import TrajectoryBatch
+
+    st = _settings(s=2, k=2)
+    batch = sample_branches(tiny_model, ["a", "b"], [0, 1], st, seed=0, stage=0)
+    empty = batch.select([])
+    alone = TrajectoryBatch.cat([empty])
+    assert (
+        len(alone) == 0 and alone.interval == 2 and alone.chain.shape[1:] == batch.chain.shape[1:]
+    )
+    joined = TrajectoryBatch.cat([empty, batch.select([3, 1]), empty])
+    assert joined.trunk_ids.tolist() == [0, 1] and torch.equal(joined.chain, batch.chain[[1, 3]])
+
+
 def test_ddpo_is_k1_full_interval(tiny_model):
     st = _settings(s=6, k=1)
     batch = sample_branches(tiny_model, ["a red circle"], [0], st, seed=0, stage=0)
