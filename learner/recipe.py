@@ -2,7 +2,7 @@
 checks its own numbers.
 
 A recipe (`configs/recipes/*.yaml`) names the `learner.experiment` it runs (presets, seeds,
-overrides, evaluation size) and the numbers its result must reach. The command runs the
+overrides, evaluation size, budget) and the numbers its result must reach. The command runs the
 experiment into DIR (default: experiments/<recipe name>; an interrupted one continues),
 then checks DIR/summary.json and prints one line a check. `--check-only` checks an
 experiment already in DIR without training. Exit 0 when every check holds, 1 when one
@@ -67,6 +67,9 @@ class Recipe(BaseModel):
     seeds: list[int] = Field(min_length=1)
     overrides: list[str] = Field(default_factory=list, description="--set for every preset.")
     images_per_split: int | None = Field(None, ge=1)
+    budget: Literal["images", "unet", "seconds"] = Field(
+        "images", description="learner.experiment's --budget: what the presets spend equally."
+    )
     checks: list[Check] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -125,6 +128,8 @@ def experiment_args(recipe: Recipe, out: Path) -> list[str]:
         argv += ["--set", *recipe.overrides]
     if recipe.images_per_split is not None:
         argv += ["--images-per-split", str(recipe.images_per_split)]
+    if recipe.budget != "images":
+        argv += ["--budget", recipe.budget]
     return argv
 
 

@@ -17,9 +17,10 @@ def test_shipped_recipes_load_and_their_presets_compare(path):
     from learner.experiment_plan import load_arms
 
     r = recipe.load_recipe(path)
-    load_arms([Path(p) for p in r.presets], r.overrides)  # equal budgets, valid overrides
+    load_arms([Path(p) for p in r.presets], r.overrides, r.budget)  # comparable, valid overrides
     argv = recipe.experiment_args(r, Path("out"))
     assert argv[:2] == ["--presets", r.presets[0]] and "--out" in argv
+    assert ("--budget" in argv) == (r.budget != "images")
 
 
 def _summary(train_change: float, diversity: float) -> dict:
