@@ -99,11 +99,14 @@ def plot(data: dict, path: Path) -> None:
         ax.fill_between(x, mean - se, mean + se, alpha=0.2)
     ax.set_xlabel("UNet evaluations spent, millions (sampling + update)")
     ax.set_ylabel("train prompts, exact accuracy (%)")
+    ax.margins(y=0.12)
     ax.text(
         0.01,
-        0.01,
-        "inner points 512 images (se ~1.2 points), ends 2,048 (se ~0.6)",
+        0.98,
+        "bands: standard error over seeds; one inner point 512 images (binomial se ~2 points), "
+        "an end 2,048 (~1)",
         transform=ax.transAxes,
+        va="top",
         fontsize=7,
         color="grey",
     )
