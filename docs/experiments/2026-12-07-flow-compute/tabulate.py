@@ -5,8 +5,8 @@
 Reads base/base_all.json and records/<preset>-s<seed>/ (each run's final evaluation,
 metrics.jsonl and summary.json, as `learner.experiment` keeps them) and prints one markdown
 row per arm: train exact accuracy per seed and its mean with the standard error over seeds
-(sample standard deviation / sqrt(seeds)), held-out exact, train diversity, the UNet
-evaluations and images a run spent, and training seconds.
+(sample standard deviation / sqrt(seeds); the base's: binomial), held-out exact, train
+diversity, the UNet evaluations and images a run spent, and training seconds.
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ def run_row(record: Path) -> dict:
     }
 
 
+def binomial_se(result: dict, name: str) -> float:
+    """The binomial standard error of one accuracy, in points."""
+    p, n = result["splits"][name]["oracle_accuracy"], result["splits"][name]["images"]
+    return 100 * float(np.sqrt(p * (1 - p) / n))
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     v = np.asarray(values)
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
@@ -72,7 +78,11 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     b_div = float(base["splits"]["train"]["diversity"])
-    print(f"| base | - | - | - | **{b_train:.1f} %** | {b_test:.1f} % | {b_div:.3f} | - |")
+    b_se = [binomial_se(base, name) for name in ("train", "test")]
+    print(
+        f"| base | - | - | - | **{b_train:.1f} %** ± {b_se[0]:.1f} "
+        f"| {b_test:.1f} % ± {b_se[1]:.1f} | {b_div:.3f} | - |"
+    )
     for arm, label in ARMS.items():
         rows = sorted(runs.get(arm, []), key=lambda r: r["seed"])
         if not rows:
