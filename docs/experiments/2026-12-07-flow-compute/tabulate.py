@@ -12,12 +12,14 @@ diversity, the UNet evaluations and images a run spent, and training seconds.
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[2]))
 ARMS = {
     "toy_sd3_b2": "B² backward (the paper)",
     "toy_sd3_window": "B² window (4 steps)",
@@ -31,7 +33,9 @@ def split(result: dict, name: str, key: str) -> float:
 
 
 def run_row(record: Path) -> dict:
-    metrics = [json.loads(x) for x in (record / "metrics.jsonl").read_text().splitlines() if x]
+    from learner.budget import counted
+
+    spent = counted(record)
     final = sorted((record / "eval").glob("*_all.json"))[-1]
     result = json.loads(final.read_text())
     return {
@@ -39,9 +43,9 @@ def run_row(record: Path) -> dict:
         "train": split(result, "train", "oracle_accuracy"),
         "test": split(result, "test", "oracle_accuracy"),
         "diversity": float(result["splits"]["train"]["diversity"]),
-        "unet": sum(m["unet_evaluations"] + m.get("update_unet_evaluations", 0) for m in metrics),
-        "images": int(sum(m.get("images", 0) for m in metrics)),
-        "stages": len(metrics),
+        "unet": spent["unet"],
+        "images": int(spent["images"]),
+        "stages": spent["stages"],
         "seconds": float(json.loads((record / "summary.json").read_text())["seconds"]),
     }
 
